@@ -1,0 +1,1 @@
+"""Typed message contracts (pydantic v2) for every NATS subject; one module per area."""

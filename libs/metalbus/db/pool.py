@@ -1,0 +1,41 @@
+"""The asyncpg pool, and the mapping of 'the database is not there' onto the bus's Unavailable error."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+
+from metalbus.contracts.errors import Unavailable
+
+# Errors meaning "PostgreSQL is unreachable or restarting": the caller may retry later.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.ConnectionDoesNotExistError,
+)
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 5.0) -> asyncpg.Pool:
+    """Create the pool; raise Unavailable with the reason if PostgreSQL does not answer."""
+    try:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, timeout=timeout_s, command_timeout=timeout_s
+        )
+    except CONNECTION_ERRORS as error:
+        raise Unavailable(f"PostgreSQL unreachable: {error}") from error
+    assert pool is not None
+    return pool
+
+
+@asynccontextmanager
+async def database_errors_as_unavailable() -> AsyncIterator[None]:
+    """Turn connection-level database failures into the typed, retryable Unavailable error."""
+    try:
+        yield
+    except CONNECTION_ERRORS as error:
+        raise Unavailable(f"database unavailable: {type(error).__name__}: {error}") from error

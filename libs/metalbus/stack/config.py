@@ -1,0 +1,81 @@
+"""What `metalbus up` starts and where: ports, replica count, rack identity, the state directory layout."""
+
+import json
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from metalbus.contracts.racks import RACK_ID_PATTERN
+
+
+class StackSettings(BaseSettings):
+    """METALBUS_STACK_* variables or `metalbus up` options; recorded in <state_dir>/stack.json."""
+
+    model_config = SettingsConfigDict(env_prefix="METALBUS_STACK_", extra="ignore")
+
+    state_dir: Path = Path(".metalbus")
+    host: str = "127.0.0.1"
+    nats_port: int = Field(default=4222, ge=1, le=65535)
+    nats_monitor_port: int = Field(default=8222, ge=1, le=65535)
+    # Not 5432: a system PostgreSQL (Debian's package starts one) often holds that port.
+    postgres_port: int = Field(default=5438, ge=1, le=65535)
+    api_port: int = Field(default=5240, ge=1, le=65535)
+    region_replicas: int = Field(default=2, ge=1, le=8)
+    rack_id: str = Field(default="rack-1", pattern=RACK_ID_PATTERN)
+    heartbeat_interval_s: float = Field(default=2.0, gt=0, le=60)
+    ready_timeout_s: float = Field(default=60.0, gt=0)
+    # The rack's machine-facing ports; unprivileged by default so the stack runs without root.
+    dhcp_port: int = Field(default=6767, ge=1, le=65535)
+    tftp_port: int = Field(default=6969, ge=1, le=65535)
+    rack_http_port: int = Field(default=5248, ge=1, le=65535)
+    apt_proxy_port: int = Field(default=8000, ge=1, le=65535)
+    dns_port: int = Field(default=5353, ge=1, le=65535)
+    syslog_port: int = Field(default=5247, ge=1, le=65535)
+
+
+class StackLayout:
+    """Paths inside the state directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir.resolve()
+
+    @property
+    def record(self) -> Path:
+        return self.root / "stack.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def nats_store(self) -> Path:
+        return self.root / "nats"
+
+    @property
+    def postgres_root(self) -> Path:
+        return self.root / "postgres"
+
+    def pid_file(self, component: str) -> Path:
+        return self.run / f"{component}.pid"
+
+    def log_file(self, component: str) -> Path:
+        return self.logs / f"{component}.log"
+
+
+def save_record(layout: StackLayout, settings: StackSettings) -> None:
+    layout.root.mkdir(parents=True, exist_ok=True)
+    layout.record.write_text(settings.model_dump_json(indent=2) + "\n")
+
+
+def load_record(layout: StackLayout) -> StackSettings | None:
+    """The settings the last `up` used in this state directory, if it ever ran."""
+    try:
+        data = json.loads(layout.record.read_text())
+    except (OSError, ValueError):
+        return None
+    return StackSettings.model_validate(data)

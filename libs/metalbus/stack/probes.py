@@ -1,0 +1,92 @@
+"""Is a component healthy? One probe per kind of component, shared by `up` (waiting) and `status`."""
+
+from dataclasses import dataclass
+
+import httpx
+
+from metalbus.bus import Bus
+from metalbus.contracts.errors import MetalbusError
+from metalbus.contracts.health import ReplicaRollCall
+from metalbus.contracts.racks import RackListQuery, RackServiceKind
+from metalbus.stack.components import Component, ReadyCheck
+from metalbus.stack.config import StackSettings
+from metalbus.stack.postgres import ClusterError, PostgresCluster
+from metalbus.subjects import RACK_LIST, REGION_ROLL_CALL
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    healthy: bool
+    detail: str
+
+
+@dataclass
+class Probes:
+    settings: StackSettings
+    cluster: PostgresCluster
+    bus: Bus | None = None
+
+    async def probe(self, component: Component) -> ProbeResult:
+        try:
+            match component.check:
+                case ReadyCheck.NATS:
+                    return await self._nats()
+                case ReadyCheck.POSTGRES:
+                    await self.cluster.wait_ready(timeout_s=1.0)
+                    return ProbeResult(True, f"accepting connections on {self.settings.postgres_port}")
+                case ReadyCheck.REGION_REPLICA:
+                    return await self._region_replica(component.name)
+                case ReadyCheck.API:
+                    return await self._api()
+                case ReadyCheck.RACK_SERVICE:
+                    return await self._rack_service(RackServiceKind(component.name))
+        except (httpx.HTTPError, MetalbusError, ClusterError, OSError) as error:
+            return ProbeResult(False, f"{type(error).__name__}: {error}")
+
+    async def _nats(self) -> ProbeResult:
+        url = f"http://{self.settings.host}:{self.settings.nats_monitor_port}/healthz?js-enabled-only=true"
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            response = await client.get(url)
+        if response.status_code != 200:
+            return ProbeResult(False, f"/healthz answered {response.status_code}")
+        return ProbeResult(True, f"JetStream up, clients on {self.settings.nats_port}")
+
+    async def _region_replica(self, replica_id: str) -> ProbeResult:
+        if self.bus is None:
+            return ProbeResult(False, "no bus connection")
+        present = await self.bus.gather(REGION_ROLL_CALL, ReplicaRollCall(), window=0.3)
+        if any(reply.replica_id == replica_id for reply in present):
+            return ProbeResult(True, "answers the roll call")
+        return ProbeResult(False, "does not answer the roll call")
+
+    async def _api(self) -> ProbeResult:
+        url = f"http://{self.settings.host}:{self.settings.api_port}/api/v1/health"
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            response = await client.get(url)
+        overall = response.json().get("status", "?")
+        # The api is healthy when it serves the report; what the report says is every other row's business.
+        serving = response.status_code in (200, 503) and overall in ("ok", "degraded")
+        return ProbeResult(serving, f"serving; GET /api/v1/health: {response.status_code} {overall}")
+
+    async def whole_stack(self) -> ProbeResult:
+        """The api's aggregated verdict: NATS, PostgreSQL, replicas and every rack service."""
+        url = f"http://{self.settings.host}:{self.settings.api_port}/api/v1/health"
+        try:
+            async with httpx.AsyncClient(timeout=5.0) as client:
+                response = await client.get(url)
+        except httpx.HTTPError as error:
+            return ProbeResult(False, f"{type(error).__name__}: {error}")
+        return ProbeResult(response.status_code == 200, f"health {response.json().get('status', '?')}")
+
+    async def _rack_service(self, kind: RackServiceKind) -> ProbeResult:
+        if self.bus is None:
+            return ProbeResult(False, "no bus connection")
+        racks = (await self.bus.request(RACK_LIST, RackListQuery(), timeout=2.0)).racks
+        for rack in racks:
+            if rack.rack_id != self.settings.rack_id:
+                continue
+            for service in rack.services:
+                if service.service is kind:
+                    seen = service.last_seen.isoformat(timespec="seconds")
+                    return ProbeResult(service.healthy, f"rack {rack.rack_id}, last heartbeat {seen}")
+        return ProbeResult(False, f"not announced on rack {self.settings.rack_id}")

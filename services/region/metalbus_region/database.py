@@ -1,0 +1,64 @@
+"""The region's hold on PostgreSQL: connect in the background with back-off, migrate, hand out connections.
+
+Until the first connection succeeds (and while PostgreSQL is away) every use raises the typed, retryable
+Unavailable error, so the region keeps answering the bus instead of dying with its database.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import structlog
+
+from metalbus.bus import backoff_delays
+from metalbus.contracts.errors import Unavailable
+from metalbus.db.migrate import apply_migrations, current_level
+from metalbus.db.pool import CONNECTION_ERRORS, create_pool, database_errors_as_unavailable
+
+log = structlog.get_logger("metalbus.region.database")
+
+
+class Database:
+    def __init__(self, dsn: str, *, pool_max: int, timeout_s: float) -> None:
+        self._dsn = dsn
+        self._pool_max = pool_max
+        self._timeout_s = timeout_s
+        self._pool: asyncpg.Pool | None = None
+        self.ready = asyncio.Event()
+
+    async def connect_and_migrate(self) -> None:
+        """Retry until PostgreSQL answers, then apply migrations under the advisory lock."""
+        for delay in backoff_delays(0.2, 5.0):
+            try:
+                pool = await create_pool(self._dsn, max_size=self._pool_max, timeout_s=self._timeout_s)
+                async with pool.acquire() as conn:
+                    report = await apply_migrations(conn)
+            except (Unavailable, *CONNECTION_ERRORS) as error:
+                log.warning("database.unreachable", error=str(error), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                continue
+            log.info("database.ready", level=report.level, applied=list(report.applied))
+            self._pool = pool
+            self.ready.set()
+            return
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        if self._pool is None:
+            raise Unavailable("database not connected yet")
+        async with database_errors_as_unavailable(), self._pool.acquire(timeout=self._timeout_s) as conn:
+            yield conn
+
+    async def probe(self) -> tuple[bool, int | None, str | None]:
+        """(reachable, migration level, error) — a cheap round trip for health reports."""
+        try:
+            async with self.connection() as conn:
+                level = await current_level(conn)
+        except Unavailable as error:
+            return False, None, error.message
+        return True, level, None
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()

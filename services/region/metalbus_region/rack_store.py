@@ -1,0 +1,75 @@
+"""What the region keeps about racks in PostgreSQL: announcements, heartbeats, and the list."""
+
+from datetime import datetime
+
+import asyncpg
+
+from metalbus.contracts.racks import (
+    RackServiceAnnouncement,
+    RackServiceHeartbeat,
+    RackServiceKind,
+    RackServiceStatus,
+    RackStatus,
+)
+
+# A service is healthy while it was heard from within this many of its own heartbeat intervals.
+HEALTHY_WITHIN_INTERVALS = 3
+
+
+async def record_announcement(conn: asyncpg.Connection, announcement: RackServiceAnnouncement) -> datetime:
+    """Upsert the rack and its service; returns the time the database recorded."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO racks (rack_id) VALUES ($1) ON CONFLICT (rack_id) DO NOTHING", announcement.rack_id
+        )
+        recorded: datetime = await conn.fetchval(
+            """
+            INSERT INTO rack_services (rack_id, service, hostname, version, heartbeat_interval_s)
+            VALUES ($1, $2, $3, $4, $5)
+            ON CONFLICT (rack_id, service) DO UPDATE
+               SET hostname = excluded.hostname, version = excluded.version,
+                   heartbeat_interval_s = excluded.heartbeat_interval_s, last_seen = now()
+            RETURNING last_seen
+            """,
+            announcement.rack_id,
+            announcement.service.value,
+            announcement.hostname,
+            announcement.version,
+            announcement.heartbeat_interval_s,
+        )
+    return recorded
+
+
+async def record_heartbeat(conn: asyncpg.Connection, heartbeat: RackServiceHeartbeat) -> bool:
+    """Touch last_seen; False if the region has never heard of this rack service."""
+    status = await conn.execute(
+        "UPDATE rack_services SET last_seen = now() WHERE rack_id = $1 AND service = $2",
+        heartbeat.rack_id,
+        heartbeat.service.value,
+    )
+    return bool(status == "UPDATE 1")
+
+
+async def list_racks(conn: asyncpg.Connection) -> list[RackStatus]:
+    rows = await conn.fetch(
+        """
+        SELECT rack_id, service, hostname, version, first_seen, last_seen,
+               now() - last_seen <= make_interval(secs => heartbeat_interval_s * $1) AS healthy
+          FROM rack_services
+         ORDER BY rack_id, service
+        """,
+        HEALTHY_WITHIN_INTERVALS,
+    )
+    racks: dict[str, list[RackServiceStatus]] = {}
+    for row in rows:
+        racks.setdefault(row["rack_id"], []).append(
+            RackServiceStatus(
+                service=RackServiceKind(row["service"]),
+                hostname=row["hostname"],
+                version=row["version"],
+                first_seen=row["first_seen"],
+                last_seen=row["last_seen"],
+                healthy=row["healthy"],
+            )
+        )
+    return [RackStatus(rack_id=rack_id, services=services) for rack_id, services in racks.items()]

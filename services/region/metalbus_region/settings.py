@@ -1,0 +1,27 @@
+"""Region settings: METALBUS_REGION_* or the [region] table of the METALBUS_CONFIG file."""
+
+import os
+import socket
+from typing import ClassVar
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from metalbus.settings import ServiceSettings
+
+
+def default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class RegionSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="METALBUS_REGION_", extra="ignore")
+    SECTION: ClassVar[str] = "region"
+
+    database_dsn: str = Field(
+        default="postgresql://metalbus@127.0.0.1:5432/metalbus", json_schema_extra={"secret": True}
+    )
+    database_pool_max: int = Field(default=10, ge=1, le=200)
+    database_timeout_s: float = Field(default=5.0, gt=0)
+    replica_id: str = Field(default_factory=default_replica_id, min_length=1)
+    max_concurrency: int = Field(default=256, ge=1)
