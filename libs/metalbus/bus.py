@@ -57,7 +57,7 @@ class ConnectOptions:
 
 
 def backoff_delays(start_s: float, max_s: float) -> "itertools.accumulate[float]":
-    """Exponential back-off: start, 2×start, … capped at max (an endless iterator)."""
+    """Exponential back-off: start, 2 x start, … capped at max (an endless iterator)."""
     return itertools.accumulate(itertools.repeat(start_s), lambda prev, _: min(prev * 2, max_s))
 
 
@@ -79,10 +79,10 @@ async def connect_nats(options: ConnectOptions) -> NatsClient:
     connecting = client.connect(
         servers=list(options.servers),
         name=options.name,
-        connect_timeout=options.connect_timeout_s,
+        connect_timeout=options.connect_timeout_s,  # type: ignore[arg-type]  # floats work
         allow_reconnect=True,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=options.reconnect_wait_s,
+        reconnect_time_wait=options.reconnect_wait_s,  # type: ignore[arg-type]  # floats work
         user=options.user,
         password=options.password,
         disconnected_cb=on_disconnect,
@@ -187,7 +187,7 @@ class Bus:
         subscription = await self.client.subscribe(inbox, cb=collect)
         try:
             await self.client.publish(subject.format(**params), message.to_json_bytes(), reply=inbox)
-            await self.client.flush(timeout=window)
+            await self.client.flush(timeout=window)  # type: ignore[arg-type]  # floats work
             await asyncio.sleep(window)
         finally:
             await subscription.unsubscribe()
@@ -217,7 +217,10 @@ class Bus:
             self._in_flight.add(task)
             task.add_done_callback(self._finished)
 
-        return await self.client.subscribe(target, queue=group, cb=on_message)
+        subscription = await self.client.subscribe(target, queue=group, cb=on_message)
+        # When serve() returns, the server knows the subscription: a request sent next will reach it.
+        await self.client.flush(timeout=DEFAULT_TIMEOUT_S)  # type: ignore[arg-type]  # floats work
+        return subscription
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -241,7 +244,7 @@ class Bus:
         except MetalbusError as error:
             await self._respond_error(msg, error)
             return
-        except Exception as error:  # noqa: BLE001 - the envelope is the boundary: report, keep serving
+        except Exception as error:
             log.exception("bus.handler_failed", subject=msg.subject)
             await self._respond_error(msg, Internal(f"{type(error).__name__}: {error}"))
             return
@@ -283,4 +286,3 @@ class Bus:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         if not self.client.is_closed:
             await self.client.drain()
-

@@ -5,6 +5,7 @@ reports rack health from the heartbeats.
 """
 
 import asyncio
+import contextlib
 import socket
 
 import structlog
@@ -64,10 +65,8 @@ async def keep_present(
         except MetalbusError as error:
             announced = False
             log.warning("rack.region_unreachable", service=kind.value, error=error.message)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=settings.heartbeat_interval_s)
-        except TimeoutError:
-            pass
 
 
 async def run_rack_service(kind: RackServiceKind, settings: RackServiceSettings, stop: asyncio.Event) -> None:

@@ -67,6 +67,8 @@ class RequestSubject(Generic[RequestT, ReplyT]):
         object.__setattr__(self, "params", _placeholders(self.pattern))
 
     def format(self, **params: str) -> str:
+        if not self.params and not params:
+            return self.pattern  # the common case, on every request: no parsing
         return fill_subject(self.pattern, params)
 
 

@@ -10,10 +10,10 @@ import typer
 from pydantic import ValidationError
 
 from metalbus.asyncapi import build_asyncapi
-from metalbus.logging import configure_logging
 from metalbus.db.migrate import MigrationError, migrate_dsn
-from metalbus.stack.config import StackLayout, StackSettings
-from metalbus.stack.launcher import StackError, bring_down, bring_up, cluster_for, inspect, load_record
+from metalbus.logging import configure_logging
+from metalbus.stack.config import StackLayout, StackSettings, load_record
+from metalbus.stack.launcher import StackError, bring_down, bring_up, cluster_for, inspect
 
 app = typer.Typer(help="metalbus: bare-metal provisioning over a NATS bus.", no_args_is_help=True)
 db_app = typer.Typer(help="Database tools.", no_args_is_help=True)
@@ -89,8 +89,14 @@ def status(
         return
     if as_json:
         rows = [
-            {"name": s.name, "pid": s.pid, "rss_kib": s.rss_kib, "healthy": s.probe.healthy,
-             "detail": s.probe.detail, "log": str(s.log)}
+            {
+                "name": s.name,
+                "pid": s.pid,
+                "rss_kib": s.rss_kib,
+                "healthy": s.probe.healthy,
+                "detail": s.probe.detail,
+                "log": str(s.log),
+            }
             for s in report
         ]
         typer.echo(json.dumps(rows, indent=2))
@@ -138,3 +144,7 @@ def db_migrate(
 def main() -> None:
     configure_logging("warning")
     app()
+
+
+if __name__ == "__main__":
+    main()

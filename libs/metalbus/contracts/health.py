@@ -46,7 +46,12 @@ class ReplicaRollCall(Message):
 
 class ReplicaPresent(Message):
     model_config = examples(
-        {"schema_version": 1, "replica_id": "region-2", "version": "0.1.0", "started_at": "2026-11-25T06:00:00Z"}
+        {
+            "schema_version": 1,
+            "replica_id": "region-2",
+            "version": "0.1.0",
+            "started_at": "2026-11-25T06:00:00Z",
+        }
     )
 
     replica_id: str

@@ -13,6 +13,8 @@ from importlib import resources
 import asyncpg
 import structlog
 
+from metalbus.db.pool import DbConnection
+
 # pg_advisory_lock key: "metalbus" as a number, so that other applications' locks do not collide.
 MIGRATION_LOCK_KEY = int.from_bytes(b"metalbus", "big") & 0x7FFF_FFFF_FFFF_FFFF
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -68,7 +70,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-async def current_level(conn: asyncpg.Connection) -> int:
+async def current_level(conn: DbConnection) -> int:
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     if not exists:
         return 0
@@ -77,7 +79,7 @@ async def current_level(conn: asyncpg.Connection) -> int:
 
 
 async def apply_migrations(
-    conn: asyncpg.Connection, migrations: tuple[Migration, ...] | None = None
+    conn: DbConnection, migrations: tuple[Migration, ...] | None = None
 ) -> MigrationReport:
     """Bring the schema up to date; safe to call from several processes at once."""
     wanted = shipped_migrations() if migrations is None else migrations

@@ -3,10 +3,19 @@
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 
 from metalbus.contracts.errors import Unavailable
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # A plain connection or one borrowed from the pool: the queries do not care which.
+    DbConnection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+else:
+    DbConnection = asyncpg.Connection
 
 # Errors meaning "PostgreSQL is unreachable or restarting": the caller may retry later.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -18,9 +27,13 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.ConnectionDoesNotExistError,
 )
+# ... and what the region's own database holder raises while it has no pool yet.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (Unavailable, *CONNECTION_ERRORS)
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 5.0) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 5.0
+) -> asyncpg.Pool:
     """Create the pool; raise Unavailable with the reason if PostgreSQL does not answer."""
     try:
         pool = await asyncpg.create_pool(

@@ -9,7 +9,11 @@ class MissingBinary(RuntimeError):
     """A program the stack needs is not installed; the message says how to get it."""
 
 
-def nats_server_binary() -> Path:
+def nats_server_binary(explicit: Path | None = None) -> Path:
+    if explicit is not None:
+        if explicit.is_file():
+            return explicit
+        raise MissingBinary(f"nats-server not found at {explicit}")
     beside_python = Path(sys.executable).parent / "nats-server"
     if beside_python.exists():
         return beside_python

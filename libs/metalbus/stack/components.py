@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from metalbus.contracts.racks import RackServiceKind
-from metalbus.stack.binaries import nats_server_binary
 from metalbus.stack.config import StackLayout, StackSettings
+from metalbus.stack.nats import nats_server_argv
 from metalbus.stack.postgres import PostgresCluster
 
 
@@ -31,33 +31,43 @@ class Component:
 
 
 def base_env() -> dict[str, str]:
+    """What every component inherits: the basics, plus the operator's METALBUS_* settings and config file
+    (the launcher then sets the addresses and ports it chose on top)."""
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "PYTHONPATH")
-    return {name: os.environ[name] for name in keep if name in os.environ}
+    env = {name: os.environ[name] for name in keep if name in os.environ}
+    env |= {
+        name: value
+        for name, value in os.environ.items()
+        if name.startswith("METALBUS_") and not name.startswith("METALBUS_STACK_")
+    }
+    return env
 
 
 def python_module(module: str) -> tuple[str, ...]:
     return (sys.executable, "-m", module)
 
 
-def stack_components(settings: StackSettings, layout: StackLayout, cluster: PostgresCluster) -> list[Component]:
+def stack_components(
+    settings: StackSettings, layout: StackLayout, cluster: PostgresCluster
+) -> list[Component]:
     nats_url = f"nats://{settings.host}:{settings.nats_port}"
     components = [
         Component(
             "nats",
             ReadyCheck.NATS,
-            argv=(
-                str(nats_server_binary()),
-                "--addr", settings.host,
-                "--port", str(settings.nats_port),
-                "--http_port", str(settings.nats_monitor_port),
-                "--jetstream",
-                "--store_dir", str(layout.nats_store),
-                "--server_name", "metalbus-embedded",
+            argv=nats_server_argv(
+                host=settings.host,
+                port=settings.nats_port,
+                monitor_port=settings.nats_monitor_port,
+                store_dir=layout.nats_store,
+                binary=settings.nats_server_binary,
             ),
             env=base_env(),
             ports=(settings.nats_port, settings.nats_monitor_port),
         ),
-        Component("postgres", ReadyCheck.POSTGRES, ports=(settings.postgres_port,), stop_signal=signal.SIGINT),
+        Component(
+            "postgres", ReadyCheck.POSTGRES, ports=(settings.postgres_port,), stop_signal=signal.SIGINT
+        ),
     ]
     for index in range(1, settings.region_replicas + 1):
         components.append(

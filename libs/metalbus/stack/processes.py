@@ -3,6 +3,7 @@
 The start time guards against pid reuse: a pid file only names a process if both pid and start time match.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -88,10 +89,8 @@ def stop_process(pid_path: Path, *, stop_signal: int = signal.SIGTERM, grace_s: 
     identity = running_identity(pid_path)
     stopped = False
     if identity is not None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(identity.pid, stop_signal)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + grace_s
         while process_start_ticks(identity.pid) == identity.start_ticks and time.monotonic() < deadline:
             reap(identity.pid)
@@ -108,7 +107,5 @@ def stop_process(pid_path: Path, *, stop_signal: int = signal.SIGTERM, grace_s: 
 
 def reap(pid: int) -> None:
     """Collect our own exited child so that it does not linger as a zombie (no-op for others)."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

@@ -1,1 +1,1 @@
-"""rack-tftp: bootloaders and per-machine boot configs over TFTP and HTTP (protocol work lands with its own issue)."""
+"""rack-tftp: bootloaders and per-machine boot configs over TFTP and HTTP (protocol work: its own issue)."""

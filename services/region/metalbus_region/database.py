@@ -14,7 +14,7 @@ import structlog
 from metalbus.bus import backoff_delays
 from metalbus.contracts.errors import Unavailable
 from metalbus.db.migrate import apply_migrations, current_level
-from metalbus.db.pool import CONNECTION_ERRORS, create_pool, database_errors_as_unavailable
+from metalbus.db.pool import UNAVAILABLE_ERRORS, DbConnection, create_pool, database_errors_as_unavailable
 
 log = structlog.get_logger("metalbus.region.database")
 
@@ -34,7 +34,7 @@ class Database:
                 pool = await create_pool(self._dsn, max_size=self._pool_max, timeout_s=self._timeout_s)
                 async with pool.acquire() as conn:
                     report = await apply_migrations(conn)
-            except (Unavailable, *CONNECTION_ERRORS) as error:
+            except UNAVAILABLE_ERRORS as error:
                 log.warning("database.unreachable", error=str(error), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 continue
@@ -44,7 +44,7 @@ class Database:
             return
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def connection(self) -> AsyncIterator[DbConnection]:
         if self._pool is None:
             raise Unavailable("database not connected yet")
         async with database_errors_as_unavailable(), self._pool.acquire(timeout=self._timeout_s) as conn:

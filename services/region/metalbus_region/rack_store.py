@@ -2,8 +2,6 @@
 
 from datetime import datetime
 
-import asyncpg
-
 from metalbus.contracts.racks import (
     RackServiceAnnouncement,
     RackServiceHeartbeat,
@@ -11,12 +9,13 @@ from metalbus.contracts.racks import (
     RackServiceStatus,
     RackStatus,
 )
+from metalbus.db.pool import DbConnection
 
 # A service is healthy while it was heard from within this many of its own heartbeat intervals.
 HEALTHY_WITHIN_INTERVALS = 3
 
 
-async def record_announcement(conn: asyncpg.Connection, announcement: RackServiceAnnouncement) -> datetime:
+async def record_announcement(conn: DbConnection, announcement: RackServiceAnnouncement) -> datetime:
     """Upsert the rack and its service; returns the time the database recorded."""
     async with conn.transaction():
         await conn.execute(
@@ -40,7 +39,7 @@ async def record_announcement(conn: asyncpg.Connection, announcement: RackServic
     return recorded
 
 
-async def record_heartbeat(conn: asyncpg.Connection, heartbeat: RackServiceHeartbeat) -> bool:
+async def record_heartbeat(conn: DbConnection, heartbeat: RackServiceHeartbeat) -> bool:
     """Touch last_seen; False if the region has never heard of this rack service."""
     status = await conn.execute(
         "UPDATE rack_services SET last_seen = now() WHERE rack_id = $1 AND service = $2",
@@ -50,7 +49,7 @@ async def record_heartbeat(conn: asyncpg.Connection, heartbeat: RackServiceHeart
     return bool(status == "UPDATE 1")
 
 
-async def list_racks(conn: asyncpg.Connection) -> list[RackStatus]:
+async def list_racks(conn: DbConnection) -> list[RackStatus]:
     rows = await conn.fetch(
         """
         SELECT rack_id, service, hostname, version, first_seen, last_seen,

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: install everything, start the embedded stack, report its health.
+# Extra arguments go to `metalbus up` (e.g. --state-dir DIR, --api-port N).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/metalbus up "$@"
+state_args=()
+for ((i = 1; i <= $#; i++)); do
+  if [ "${!i}" = "--state-dir" ]; then j=$((i + 1)); state_args=(--state-dir "${!j}"); fi
+done
+.venv/bin/metalbus status "${state_args[@]}"
+echo "Stop it with: .venv/bin/metalbus down ${state_args[*]}"

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything metalbus needs on a fresh Debian 12 machine: Debian packages, a virtualenv in .venv,
+# and the project itself (editable). Pass --test to add the test and lint tools. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_test=0
+[ "${1:-}" = "--test" ] && with_test=1
+
+debian_packages=(postgresql ca-certificates iproute2 curl)
+python=${PYTHON:-python3}
+
+need_apt=0
+for package in "${debian_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || need_apt=1
+done
+if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
+  debian_packages+=(python3-venv)
+  need_apt=1
+fi
+if [ "$need_apt" = 1 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: need root to apt-get install ${debian_packages[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # policy-rc.d keeps Debian's postinst from starting a system PostgreSQL on 5432: metalbus runs its own.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.metalbus
+  chmod +x /usr/sbin/policy-rc.d.metalbus
+  [ -e /usr/sbin/policy-rc.d ] || ln -s policy-rc.d.metalbus /usr/sbin/policy-rc.d
+  apt-get install -y -qq --no-install-recommends "${debian_packages[@]}" >/dev/null
+  [ "$(readlink /usr/sbin/policy-rc.d 2>/dev/null)" = policy-rc.d.metalbus ] && rm -f /usr/sbin/policy-rc.d
+  rm -f /usr/sbin/policy-rc.d.metalbus
+fi
+
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+if [ "$with_test" = 1 ]; then
+  .venv/bin/python -m pip install -q -e '.[test]'
+else
+  .venv/bin/python -m pip install -q -e .
+fi
+echo "setup: ready (.venv/bin/metalbus)"
