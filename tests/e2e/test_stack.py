@@ -139,3 +139,26 @@ def test_a_component_failing_mid_start_stops_everything_started_before_it(
     assert "region-1 exited with 1" in refused.stderr
     assert "METALBUS_REGION_DATABASE_POOL_MAX" in refused.stderr
     assert live_components(state_dir) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as another user")
+def test_state_dir_the_postgres_user_cannot_reach_still_works_through_a_link(
+    stack_env: tuple[Path, dict[str, str]],
+) -> None:
+    state_dir, env = stack_env
+    private = state_dir.parent / "private"
+    private.mkdir(mode=0o700)
+    state_dir = private / "state"
+    try:
+        started = metalbus(state_dir, env, "up")
+        assert started.returncode == 0, started.stderr
+        link = state_dir / "postgres"
+        assert link.is_symlink()
+        assert link.resolve().is_relative_to(Path("/var/lib/metalbus/postgres"))
+        assert (link / "data" / "PG_VERSION").exists()
+        assert metalbus(state_dir, env, "status").returncode == 0
+    finally:
+        assert metalbus(state_dir, env, "down").returncode == 0
+        if (state_dir / "postgres").is_symlink():
+            shutil.rmtree((state_dir / "postgres").resolve(), ignore_errors=True)
+    assert live_components(state_dir) == []

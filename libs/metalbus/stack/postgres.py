@@ -5,6 +5,7 @@ PostgreSQL refuses to run as root, so when we are root the cluster belongs to th
 """
 
 import asyncio
+import hashlib
 import os
 import pwd
 import secrets
@@ -41,9 +42,12 @@ def cluster_os_user() -> str | None:
 
 
 def unreachable_parent(path: Path, user: str) -> Path | None:
-    """The first ancestor of ``path`` that ``user`` cannot traverse, if any."""
+    """The first of ``path`` and its ancestors that ``user`` cannot traverse (missing ones are skipped)."""
     entry = pwd.getpwnam(user)
-    for parent in reversed(path.resolve().parents):
+    resolved = path.resolve()
+    for parent in (*reversed(resolved.parents), resolved):
+        if not parent.exists():
+            continue
         info = parent.stat()
         if info.st_uid == entry.pw_uid:
             mode_bit = 0o100
@@ -56,6 +60,28 @@ def unreachable_parent(path: Path, user: str) -> Path | None:
     return None
 
 
+ROOT_FALLBACK_DIR = Path("/var/lib/metalbus/postgres")
+
+
+def place_cluster_root(root: Path) -> None:
+    """Make ``root`` a place the cluster's user can reach.
+
+    As root, the state directory often lies under a directory the ``postgres`` user may not traverse
+    (a clone in /root). Then the cluster lives under /var/lib/metalbus/postgres/<digest of the path> and
+    ``root`` becomes a symbolic link to it, so everything is still found through the state directory.
+    """
+    user = cluster_os_user()
+    if user is None or root.is_symlink() or root.exists() or unreachable_parent(root.parent, user) is None:
+        return
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    target = ROOT_FALLBACK_DIR / digest
+    target.mkdir(parents=True, exist_ok=True)
+    for directory in (ROOT_FALLBACK_DIR.parent, ROOT_FALLBACK_DIR):
+        directory.chmod(0o755)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    root.symlink_to(target, target_is_directory=True)
+
+
 @dataclass(frozen=True)
 class PostgresCluster:
     root: Path
@@ -63,16 +89,21 @@ class PostgresCluster:
     host: str = "127.0.0.1"
 
     @property
+    def home(self) -> Path:
+        """The real directory behind ``root`` (the cluster's user may not be able to follow the link)."""
+        return self.root.resolve()
+
+    @property
     def data_dir(self) -> Path:
-        return self.root / "data"
+        return self.home / "data"
 
     @property
     def socket_dir(self) -> Path:
-        return self.root / "run"
+        return self.home / "run"
 
     @property
     def password_file(self) -> Path:
-        return self.root / "password"
+        return self.home / "password"
 
     @property
     def pid_file(self) -> Path:
@@ -89,6 +120,7 @@ class PostgresCluster:
     def initialise(self) -> None:
         """initdb on first use (a second call finds the cluster and does nothing)."""
         user = cluster_os_user()
+        place_cluster_root(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         if user is not None:
             blocked = unreachable_parent(self.root, user)
@@ -103,7 +135,7 @@ class PostgresCluster:
         self.password_file.chmod(0o600)
         if user is not None:
             entry = pwd.getpwnam(user)
-            for path in (self.root, self.socket_dir, self.password_file):
+            for path in (self.home, self.socket_dir, self.password_file):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         if (self.data_dir / "PG_VERSION").exists():
             return
@@ -131,7 +163,7 @@ class PostgresCluster:
             user=user,
             group=user,
             extra_groups=[] if user else None,
-            cwd=self.root,
+            cwd=self.home,
             check=False,
         )
         if result.returncode != 0:
@@ -160,7 +192,7 @@ class PostgresCluster:
             pid_path=self.pid_file,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
             user=cluster_os_user(),
-            cwd=self.root,
+            cwd=self.home,
         )
 
     def stop(self) -> bool:

@@ -13,10 +13,12 @@ import structlog
 
 from metalbus.bus import backoff_delays
 from metalbus.contracts.errors import Unavailable
-from metalbus.db.migrate import apply_migrations, current_level
+from metalbus.db.migrate import MigrationError, apply_migrations, current_level
 from metalbus.db.pool import UNAVAILABLE_ERRORS, DbConnection, create_pool, database_errors_as_unavailable
 
 log = structlog.get_logger("metalbus.region.database")
+# What PostgreSQL may say while it starts or is being set up (no database yet, …): try again later.
+RETRY_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
 
 
 class Database:
@@ -25,16 +27,30 @@ class Database:
         self._pool_max = pool_max
         self._timeout_s = timeout_s
         self._pool: asyncpg.Pool | None = None
+        self._opened: asyncpg.Pool | None = None  # created, maybe not usable yet: close it on shutdown
+        self.failure: str | None = None
         self.ready = asyncio.Event()
 
     async def connect_and_migrate(self) -> None:
-        """Retry until PostgreSQL answers, then apply migrations under the advisory lock."""
+        """Retry until PostgreSQL answers, then apply migrations under the advisory lock.
+
+        Anything PostgreSQL says while it starts or is being set up means "try again"; a migration history
+        that disagrees with this release is fatal and is reported by every health answer from then on.
+        """
+        # min_size=0: creating the pool opens nothing, so it cannot fail while PostgreSQL is away; each
+        # acquire below connects afresh until one works, and the pool keeps reconnecting from then on.
+        pool = await create_pool(self._dsn, min_size=0, max_size=self._pool_max, timeout_s=self._timeout_s)
+        self._opened = pool
         for delay in backoff_delays(0.2, 5.0):
             try:
-                pool = await create_pool(self._dsn, max_size=self._pool_max, timeout_s=self._timeout_s)
-                async with pool.acquire() as conn:
+                async with pool.acquire(timeout=self._timeout_s) as conn:
                     report = await apply_migrations(conn)
-            except UNAVAILABLE_ERRORS as error:
+            except MigrationError as error:
+                self.failure = f"migrations refused: {error}"
+                log.error("database.migration_refused", error=str(error))
+                await pool.close()
+                return
+            except RETRY_ERRORS as error:
                 log.warning("database.unreachable", error=str(error), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 continue
@@ -46,7 +62,7 @@ class Database:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[DbConnection]:
         if self._pool is None:
-            raise Unavailable("database not connected yet")
+            raise Unavailable(self.failure or "database not connected yet")
         async with database_errors_as_unavailable(), self._pool.acquire(timeout=self._timeout_s) as conn:
             yield conn
 
@@ -60,5 +76,5 @@ class Database:
         return True, level, None
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
+        if self._opened is not None:
+            await self._opened.close()

@@ -1,6 +1,7 @@
 """Wiring of one region replica: bus, database, handlers; runs until asked to stop."""
 
 import asyncio
+import contextlib
 
 import structlog
 
@@ -33,6 +34,8 @@ async def serve_region(settings: RegionSettings, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await connecting
         await bus.drain()
         await database.close()
         log.info("region.stopped", replica_id=settings.replica_id)
