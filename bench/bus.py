@@ -98,9 +98,7 @@ def wait_until_accepting(server: "subprocess.Popen[bytes]", port: int, log_path:
     deadline = time.monotonic() + SERVER_READY_DEADLINE_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(
-                f"nats-server exited with {server.returncode}:\n{log_path.read_text()[-2000:]}"
-            )
+            raise RuntimeError(f"nats-server exited with {server.returncode}:\n{log_path.read_text()[-2000:]}")
         try:
             with socket.create_connection((HOST, port), timeout=0.2):
                 return
@@ -186,9 +184,7 @@ async def helper_echo(request: EchoRequest) -> EchoReply:
 
 def raw_round_trip(client: NatsClient) -> RoundTrip:
     async def round_trip(seq: int) -> None:
-        payload = dumps(
-            {"schema_version": 1, "host": "node-0042", "rack": "rack-07", "seq": seq, "attempt": 1}
-        )
+        payload = dumps({"schema_version": 1, "host": "node-0042", "rack": "rack-07", "seq": seq, "attempt": 1})
         msg = await client.request(RAW_SUBJECT, payload, timeout=REQUEST_TIMEOUT_S)
         if json.loads(msg.data)["seq"] != seq:
             raise RuntimeError("raw echo returned the wrong sequence number")
@@ -258,15 +254,11 @@ def overhead_percent(raw_rate: float, helper_rate: float) -> float:
 
 
 async def connect_raw(url: str, name: str) -> NatsClient:
-    client: NatsClient = await nats.connect(
-        servers=[url], name=name, connect_timeout=2, allow_reconnect=False
-    )
+    client: NatsClient = await nats.connect(servers=[url], name=name, connect_timeout=2, allow_reconnect=False)
     return client
 
 
-async def run(
-    url: str, patterns: list[Pattern], rounds: int, seconds: float, max_count: int
-) -> dict[str, Samples]:
+async def run(url: str, patterns: list[Pattern], rounds: int, seconds: float, max_count: int) -> dict[str, Samples]:
     async with contextlib.AsyncExitStack() as stack:
 
         async def closing_raw(client: NatsClient) -> None:

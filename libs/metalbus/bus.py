@@ -272,11 +272,17 @@ class Bus:
             except nats.js.errors.BadRequestError:
                 await jetstream.update_stream(config)
 
-    async def publish_event(self, subject: EventSubject[EventT], event: EventT, **params: str) -> None:
-        """Publish an event into JetStream and wait for the stream's acknowledgement."""
-        name = subject.format(**params)
+    async def publish_event(
+        self, subject: EventSubject[EventT], event: EventT, *, msg_id: str | None = None, **params: str
+    ) -> None:
+        """Publish an event into JetStream and wait for the stream's acknowledgement. ``msg_id`` (the
+        outbox sequence) lets the stream drop a duplicate when a publish is repeated after a crash."""
+        await self.publish_raw_event(subject.format(**params), event.to_json_bytes(), msg_id=msg_id)
+
+    async def publish_raw_event(self, name: str, payload: bytes, *, msg_id: str | None = None) -> None:
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         try:
-            await self.client.jetstream().publish(name, event.to_json_bytes(), timeout=DEFAULT_TIMEOUT_S)
+            await self.client.jetstream().publish(name, payload, timeout=DEFAULT_TIMEOUT_S, headers=headers)
         except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as error:
             raise Unavailable(f"event stream did not acknowledge {name}") from error
 

@@ -76,8 +76,7 @@ def load_settings(cls: type[S]) -> S:
     except ValidationError as error:
         prefix = cls.model_config.get("env_prefix", "")
         problems = "; ".join(
-            f"{prefix}{'.'.join(str(p) for p in item['loc']).upper()}: {item['msg']}"
-            for item in error.errors()
+            f"{prefix}{'.'.join(str(p) for p in item['loc']).upper()}: {item['msg']}" for item in error.errors()
         )
         raise SystemExit(f"metalbus: invalid settings: {problems}") from None
     except (OSError, tomllib.TOMLDecodeError) as error:

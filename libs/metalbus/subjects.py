@@ -10,7 +10,40 @@ from string import Formatter
 from typing import Generic, TypeVar
 
 from metalbus.contracts.base import Message
+from metalbus.contracts.boot import (
+    BootConfig,
+    BootConfigQuery,
+    BootResource,
+    BootResourceList,
+    BootResourceListQuery,
+)
 from metalbus.contracts.health import HealthQuery, RegionHealth, ReplicaPresent, ReplicaRollCall
+from metalbus.contracts.leases import (
+    Lease,
+    LeaseAck,
+    LeaseCommitRequest,
+    LeaseEvent,
+    LeaseOffer,
+    LeaseOfferRequest,
+    LeaseReleaseRequest,
+    RackSnapshot,
+    RackSnapshotQuery,
+    Subnet,
+    SubnetCreate,
+    SubnetList,
+    SubnetListQuery,
+)
+from metalbus.contracts.machines import (
+    Machine,
+    MachineActionRequest,
+    MachineCreate,
+    MachineEvent,
+    MachineList,
+    MachineListQuery,
+    MachineQuery,
+)
+from metalbus.contracts.metadata import MetadataRead, MetadataSignal, MetadataValue, ResultEvent, SignalAck
+from metalbus.contracts.power import PowerCommand, PowerEvent, PowerResult
 from metalbus.contracts.racks import (
     RackList,
     RackListQuery,
@@ -131,12 +164,95 @@ RACK_LIST = RequestSubject(
     "Every rack the region knows, with each service's last heartbeat and health.",
 )
 
+# -- region: machines -----------------------------------------------------------------------------------
+MACHINE_CREATE = RequestSubject(
+    "region.machines.create",
+    MachineCreate,
+    Machine,
+    "Add a machine (status NEW); BMC secrets are kept apart.",
+)
+MACHINE_GET = RequestSubject("region.machines.get", MachineQuery, Machine, "One machine by system id.")
+MACHINE_LIST = RequestSubject("region.machines.list", MachineListQuery, MachineList, "Machines, by status.")
+MACHINE_ACTION = RequestSubject(
+    "region.machines.action",
+    MachineActionRequest,
+    Machine,
+    "commission / abort / mark_broken / mark_fixed; a status that does not allow it is invalid_transition.",
+)
+
+# -- region: subnets and leases (asked by rack-dhcp) ----------------------------------------------------
+SUBNET_CREATE = RequestSubject("region.subnets.create", SubnetCreate, Subnet, "Add a subnet and its ranges.")
+SUBNET_LIST = RequestSubject("region.subnets.list", SubnetListQuery, SubnetList, "Every subnet.")
+LEASE_OFFER = RequestSubject(
+    "region.leases.offer", LeaseOfferRequest, LeaseOffer, "DHCPDISCOVER: reserve an address for a MAC."
+)
+LEASE_COMMIT = RequestSubject(
+    "region.leases.commit", LeaseCommitRequest, Lease, "DHCPREQUEST: bind the address; conflict means NAK."
+)
+LEASE_RENEW = RequestSubject(
+    "region.leases.renew", LeaseCommitRequest, Lease, "Extend a bound lease; not_found/conflict means NAK."
+)
+LEASE_RELEASE = RequestSubject(
+    "region.leases.release", LeaseReleaseRequest, LeaseAck, "DHCPRELEASE: the address is free again."
+)
+LEASE_DECLINE = RequestSubject(
+    "region.leases.decline",
+    LeaseReleaseRequest,
+    LeaseAck,
+    "DHCPDECLINE: the address is in use; quarantine it.",
+)
+RACK_SNAPSHOT = RequestSubject(
+    "region.racks.snapshot",
+    RackSnapshotQuery,
+    RackSnapshot,
+    "Everything one rack needs to keep serving DHCP alone for a while.",
+)
+
+# -- region: boot decisions (asked by rack-tftp) --------------------------------------------------------
+BOOT_CONFIG = RequestSubject(
+    "region.boot.config",
+    BootConfigQuery,
+    BootConfig,
+    "What a PXE-booting MAC boots (unknown MACs are enlisted as NEW machines).",
+)
+BOOT_RESOURCE_SET = RequestSubject(
+    "region.boot.resources.set", BootResource, BootResource, "Set the kernel/initrd/squashfs of arch+purpose."
+)
+BOOT_RESOURCE_LIST = RequestSubject(
+    "region.boot.resources.list", BootResourceListQuery, BootResourceList, "Every boot resource."
+)
+
+# -- region: metadata (asked by rack-proxy on behalf of a machine) ---------------------------------------
+METADATA_READ = RequestSubject(
+    "region.metadata.read", MetadataRead, MetadataValue, "A meta-data item for the token's own machine."
+)
+METADATA_SIGNAL = RequestSubject(
+    "region.metadata.signal",
+    MetadataSignal,
+    SignalAck,
+    "Script results and the final OK/FAILED of the token's own machine.",
+)
+
+# -- racks (served by one rack) -------------------------------------------------------------------------
+RACK_POWER_COMMAND = RequestSubject(
+    "rack.{rack_id}.power.command",
+    PowerCommand,
+    PowerResult,
+    "Power a machine on/off/cycle or query it through the BMC this rack reaches.",
+    queue="rack-power",
+)
+
 # -- events ---------------------------------------------------------------------------------------------
 EVENT_RACK_SERVICE = EventSubject(
     "events.rack.{rack_id}",
     RackServiceEvent,
     "A rack service announced itself.",
 )
+
+EVENT_MACHINE = EventSubject("events.machine.{system_id}", MachineEvent, "A machine changed status.")
+EVENT_LEASE = EventSubject("events.lease.{subnet_id}", LeaseEvent, "A lease changed state.")
+EVENT_POWER = EventSubject("events.power.{system_id}", PowerEvent, "A machine was powered on/off or queried.")
+EVENT_RESULT = EventSubject("events.result.{system_id}", ResultEvent, "A commissioning script result was stored.")
 
 EVENTS_STREAM = StreamSpec(
     name="METALBUS_EVENTS",
@@ -151,6 +267,30 @@ REQUEST_SUBJECTS: tuple[RequestSubject[Message, Message], ...] = (
     RACK_ANNOUNCE,
     RACK_HEARTBEAT,
     RACK_LIST,
+    MACHINE_CREATE,
+    MACHINE_GET,
+    MACHINE_LIST,
+    MACHINE_ACTION,
+    SUBNET_CREATE,
+    SUBNET_LIST,
+    LEASE_OFFER,
+    LEASE_COMMIT,
+    LEASE_RENEW,
+    LEASE_RELEASE,
+    LEASE_DECLINE,
+    RACK_SNAPSHOT,
+    BOOT_CONFIG,
+    BOOT_RESOURCE_SET,
+    BOOT_RESOURCE_LIST,
+    METADATA_READ,
+    METADATA_SIGNAL,
+    RACK_POWER_COMMAND,
 )  # type: ignore[assignment]
-EVENT_SUBJECTS: tuple[EventSubject[Message], ...] = (EVENT_RACK_SERVICE,)  # type: ignore[assignment]
+EVENT_SUBJECTS: tuple[EventSubject[Message], ...] = (
+    EVENT_RACK_SERVICE,
+    EVENT_MACHINE,
+    EVENT_LEASE,
+    EVENT_POWER,
+    EVENT_RESULT,
+)  # type: ignore[assignment]
 STREAMS: tuple[StreamSpec, ...] = (EVENTS_STREAM,)

@@ -120,9 +120,7 @@ def test_missing_binary_is_refused_in_one_line_and_nothing_starts(
     stack_env: tuple[Path, dict[str, str]],
 ) -> None:
     state_dir, env = stack_env
-    refused = metalbus(
-        state_dir, env | {"METALBUS_STACK_NATS_SERVER_BINARY": "/nonexistent/nats-server"}, "up"
-    )
+    refused = metalbus(state_dir, env | {"METALBUS_STACK_NATS_SERVER_BINARY": "/nonexistent/nats-server"}, "up")
     assert refused.returncode == 1
     assert refused.stderr.strip() == "metalbus: nats-server not found at /nonexistent/nats-server"
     assert live_components(state_dir) == []

@@ -36,9 +36,7 @@ async def test_without_a_region_health_is_503_degraded_with_reasons(nats_server:
     assert body["database"]["ok"] is False
 
 
-async def test_with_region_and_a_present_rack_health_is_200_ok(
-    nats_server: NatsServer, database_dsn: str
-) -> None:
+async def test_with_region_and_a_present_rack_health_is_200_ok(nats_server: NatsServer, database_dsn: str) -> None:
     stop = asyncio.Event()
     rack = RackServiceSettings(nats_url=nats_server.url, rack_id="rack-3", heartbeat_interval_s=0.5)
     rack_bus = await Bus.connect(rack.connect_options("rack"))

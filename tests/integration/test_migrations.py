@@ -24,10 +24,7 @@ async def test_fresh_database_is_brought_to_the_shipped_level(database_dsn: str)
     assert report.applied == tuple(range(1, target_level() + 1))
     conn = await asyncpg.connect(database_dsn)
     try:
-        tables = {
-            r["tablename"]
-            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")
-        }
+        tables = {r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
         assert {"schema_migrations", "racks", "rack_services"} <= tables
     finally:
         await conn.close()
@@ -37,13 +34,9 @@ async def test_applying_twice_is_a_no_op(database_dsn: str) -> None:
     await migrate_dsn(database_dsn)
     conn = await asyncpg.connect(database_dsn)
     try:
-        before = await conn.fetch(
-            "SELECT version, checksum, applied_at FROM schema_migrations ORDER BY version"
-        )
+        before = await conn.fetch("SELECT version, checksum, applied_at FROM schema_migrations ORDER BY version")
         report = await apply_migrations(conn)
-        after = await conn.fetch(
-            "SELECT version, checksum, applied_at FROM schema_migrations ORDER BY version"
-        )
+        after = await conn.fetch("SELECT version, checksum, applied_at FROM schema_migrations ORDER BY version")
     finally:
         await conn.close()
     assert report.applied == ()

@@ -55,9 +55,7 @@ async def running_region(nats: NatsServer, dsn: str, replica_id: str) -> AsyncIt
         await asyncio.wait_for(task, timeout=10)
 
 
-async def eventually(
-    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float = 10
-) -> T:
+async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float = 10) -> T:
     """Retry ``probe`` until ``accept`` holds; Unavailable (region still connecting) counts as not yet."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -112,9 +110,7 @@ async def test_announced_rack_service_is_stored_listed_and_published(
     assert (service.service, service.hostname, service.healthy) == (RackServiceKind.DHCP, "lab-rack-7", True)
     conn = await asyncpg.connect(database_dsn)
     try:
-        row = await conn.fetchrow(
-            "SELECT hostname, heartbeat_interval_s FROM rack_services WHERE rack_id='rack-7'"
-        )
+        row = await conn.fetchrow("SELECT hostname, heartbeat_interval_s FROM rack_services WHERE rack_id='rack-7'")
         assert (row["hostname"], row["heartbeat_interval_s"]) == ("lab-rack-7", 30)
     finally:
         await conn.close()
@@ -140,14 +136,10 @@ async def test_heartbeat_from_an_unknown_rack_service_asks_it_to_announce(
     assert ack.known is False
 
 
-async def test_without_postgresql_the_region_answers_with_typed_unavailable(
-    nats_server: NatsServer, bus: Bus
-) -> None:
+async def test_without_postgresql_the_region_answers_with_typed_unavailable(nats_server: NatsServer, bus: Bus) -> None:
     nowhere = f"postgresql://metalbus:x@127.0.0.1:{free_port()}/metalbus"
     async with running_region(nats_server, nowhere, "lonely"):
-        health = await eventually(
-            lambda: bus.request(REGION_HEALTH, HealthQuery(), timeout=2), lambda h: True
-        )
+        health = await eventually(lambda: bus.request(REGION_HEALTH, HealthQuery(), timeout=2), lambda h: True)
         assert health.database_reachable is False
         assert health.migration_level is None
         with pytest.raises(Unavailable) as caught:

@@ -41,9 +41,7 @@ async def test_region_started_before_postgresql_connects_migrates_and_survives_a
     nats_server: NatsServer, private_cluster: PostgresCluster, bus: Bus
 ) -> None:
     async with running_region(nats_server, private_cluster.dsn(), "patient"):
-        health = await eventually(
-            lambda: bus.request(REGION_HEALTH, HealthQuery(), timeout=2), lambda h: True
-        )
+        health = await eventually(lambda: bus.request(REGION_HEALTH, HealthQuery(), timeout=2), lambda h: True)
         assert health.database_reachable is False
 
         await start(private_cluster)
@@ -78,18 +76,14 @@ async def test_a_rack_service_forgotten_by_the_region_announces_itself_again(
     async with running_region(nats_server, database_dsn, "r1"):
         presence = asyncio.create_task(keep_present(bus, RackServiceKind.TFTP, settings, stop))
         try:
-            assert await eventually(listed, lambda names: names == ["rack-5/rack-tftp"]) == [
-                "rack-5/rack-tftp"
-            ]
+            assert await eventually(listed, lambda names: names == ["rack-5/rack-tftp"]) == ["rack-5/rack-tftp"]
             conn = await asyncpg.connect(database_dsn)
             try:
                 assert await conn.execute("DELETE FROM racks WHERE rack_id = 'rack-5'") == "DELETE 1"
             finally:
                 await conn.close()
             assert await listed() == []
-            assert await eventually(listed, lambda names: names == ["rack-5/rack-tftp"]) == [
-                "rack-5/rack-tftp"
-            ]
+            assert await eventually(listed, lambda names: names == ["rack-5/rack-tftp"]) == ["rack-5/rack-tftp"]
         finally:
             stop.set()
             await presence

@@ -17,9 +17,7 @@ from metalbus.subjects import (
 
 REPO = Path(__file__).resolve().parents[2]
 ALL_MODELS: list[type[Message]] = sorted(
-    {s.request for s in REQUEST_SUBJECTS}
-    | {s.reply for s in REQUEST_SUBJECTS}
-    | {e.event for e in EVENT_SUBJECTS},
+    {s.request for s in REQUEST_SUBJECTS} | {s.reply for s in REQUEST_SUBJECTS} | {e.event for e in EVENT_SUBJECTS},
     key=lambda model: model.__name__,
 )
 SUBJECT_TOKEN = re.compile(r"^([a-z0-9-]+|\{[a-z_]+\})$")

@@ -24,8 +24,7 @@ def test_toml_file_sections_apply_per_service_and_environment_wins(
 ) -> None:
     config = tmp_path / "metalbus.toml"
     config.write_text(
-        '[region]\nreplica_id = "from-file"\ndatabase_pool_max = 7\n'
-        '[rack-dhcp]\nport = 1067\nrack_id = "rack-file"\n'
+        '[region]\nreplica_id = "from-file"\ndatabase_pool_max = 7\n[rack-dhcp]\nport = 1067\nrack_id = "rack-file"\n'
     )
     monkeypatch.setenv("METALBUS_CONFIG", str(config))
     monkeypatch.setenv("METALBUS_REGION_DATABASE_POOL_MAX", "9")

@@ -78,9 +78,7 @@ async def current_level(conn: DbConnection) -> int:
     return int(level)
 
 
-async def apply_migrations(
-    conn: DbConnection, migrations: tuple[Migration, ...] | None = None
-) -> MigrationReport:
+async def apply_migrations(conn: DbConnection, migrations: tuple[Migration, ...] | None = None) -> MigrationReport:
     """Bring the schema up to date; safe to call from several processes at once."""
     wanted = shipped_migrations() if migrations is None else migrations
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)

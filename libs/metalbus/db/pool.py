@@ -31,9 +31,7 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (Unavailable, *CONNECTION_ERRORS)
 
 
-async def create_pool(
-    dsn: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 5.0
-) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 5.0) -> asyncpg.Pool:
     """Create the pool; raise Unavailable with the reason if PostgreSQL does not answer."""
     try:
         pool = await asyncpg.create_pool(

@@ -47,9 +47,7 @@ def python_module(module: str) -> tuple[str, ...]:
     return (sys.executable, "-m", module)
 
 
-def stack_components(
-    settings: StackSettings, layout: StackLayout, cluster: PostgresCluster
-) -> list[Component]:
+def stack_components(settings: StackSettings, layout: StackLayout, cluster: PostgresCluster) -> list[Component]:
     nats_url = f"nats://{settings.host}:{settings.nats_port}"
     components = [
         Component(
@@ -65,9 +63,7 @@ def stack_components(
             env=base_env(),
             ports=(settings.nats_port, settings.nats_monitor_port),
         ),
-        Component(
-            "postgres", ReadyCheck.POSTGRES, ports=(settings.postgres_port,), stop_signal=signal.SIGINT
-        ),
+        Component("postgres", ReadyCheck.POSTGRES, ports=(settings.postgres_port,), stop_signal=signal.SIGINT),
     ]
     for index in range(1, settings.region_replicas + 1):
         components.append(

@@ -75,9 +75,7 @@ def preflight(settings: StackSettings, layout: StackLayout) -> None:
     if running_identity(pg_pid):
         running.append("postgres")
     if running:
-        raise StackError(
-            f"stack already running in {layout.root} ({', '.join(running)}); run `metalbus down` first"
-        )
+        raise StackError(f"stack already running in {layout.root} ({', '.join(running)}); run `metalbus down` first")
     try:
         nats_server_binary(settings.nats_server_binary)
         postgres_bin_dir()
@@ -116,9 +114,7 @@ async def wait_ready(
     deadline = loop.time() + timeout_s
     while True:
         if child.poll() is not None:
-            raise StackError(
-                f"{component.name} exited with {child.returncode}: {last_log_line(log)} (log: {log})"
-            )
+            raise StackError(f"{component.name} exited with {child.returncode}: {last_log_line(log)} (log: {log})")
         result = await probes.probe(component)
         if result.healthy:
             return
@@ -132,9 +128,7 @@ async def wait_whole_stack_healthy(probes: Probes, timeout_s: float) -> None:
     deadline = loop.time() + timeout_s
     while not (result := await probes.whole_stack()).healthy:
         if loop.time() > deadline:
-            raise StackError(
-                f"stack not healthy after {timeout_s:g}s: {result.detail}; see `metalbus status`"
-            )
+            raise StackError(f"stack not healthy after {timeout_s:g}s: {result.detail}; see `metalbus status`")
         await asyncio.sleep(0.2)
 
 
@@ -162,9 +156,7 @@ async def bring_up(settings: StackSettings) -> float:
             await wait_ready(component, child, probes, settings.ready_timeout_s, log)
             if component.check is ReadyCheck.NATS:
                 probes.bus = await Bus.connect(
-                    ConnectOptions(
-                        servers=(f"nats://{settings.host}:{settings.nats_port}",), name="metalbus-up"
-                    )
+                    ConnectOptions(servers=(f"nats://{settings.host}:{settings.nats_port}",), name="metalbus-up")
                 )
         await wait_whole_stack_healthy(probes, settings.ready_timeout_s)
     except (StackError, MetalbusError, OSError) as error:
@@ -255,9 +247,7 @@ async def inspect(state_dir: Path) -> list[ComponentStatus]:
             identity = running_identity(pid_file_for(component, layout, cluster))
             log = log_file_for(component, layout, cluster)
             if identity is None:
-                report.append(
-                    ComponentStatus(component.name, None, None, ProbeResult(False, "not running"), log)
-                )
+                report.append(ComponentStatus(component.name, None, None, ProbeResult(False, "not running"), log))
                 continue
             probe = await probes.probe(component)
             rss = process_tree_rss_kib(identity) if process_start_ticks(identity.pid) else None

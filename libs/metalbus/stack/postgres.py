@@ -35,9 +35,7 @@ def cluster_os_user() -> str | None:
     try:
         pwd.getpwnam(ROOT_RUNS_AS)
     except KeyError:
-        raise MissingBinary(
-            f"running as root needs the '{ROOT_RUNS_AS}' user: apt-get install postgresql"
-        ) from None
+        raise MissingBinary(f"running as root needs the '{ROOT_RUNS_AS}' user: apt-get install postgresql") from None
     return ROOT_RUNS_AS
 
 

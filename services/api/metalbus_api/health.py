@@ -79,9 +79,7 @@ async def collect_health(bus: Bus, settings: ApiSettings) -> HealthReport:
     nats = ComponentCheck(ok=bus.connected, detail="connected" if bus.connected else "disconnected")
     database = summarise_database(region)
     every_rack_service_healthy = all(service.healthy for rack in racks for service in rack.services)
-    healthy = (
-        nats.ok and database.ok and bool(replicas) and racks_error is None and every_rack_service_healthy
-    )
+    healthy = nats.ok and database.ok and bool(replicas) and racks_error is None and every_rack_service_healthy
     return HealthReport(
         status=Overall.OK if healthy else Overall.DEGRADED,
         nats=nats,

@@ -1,10 +1,6 @@
-"""The region's answers to region.* subjects: pure functions of the request and the database."""
-
-from collections.abc import Callable
-from datetime import UTC, datetime
+"""The region's answers about itself and its racks: health, roll call, rack announce/heartbeat/list."""
 
 from metalbus import __version__
-from metalbus.bus import Bus
 from metalbus.contracts.health import HealthQuery, RegionHealth, ReplicaPresent, ReplicaRollCall
 from metalbus.contracts.racks import (
     RackList,
@@ -16,26 +12,35 @@ from metalbus.contracts.racks import (
     RackServiceHeartbeat,
 )
 from metalbus.db.migrate import target_level
-from metalbus.subjects import EVENT_RACK_SERVICE
+from metalbus.subjects import (
+    EVENT_RACK_SERVICE,
+    RACK_ANNOUNCE,
+    RACK_HEARTBEAT,
+    RACK_LIST,
+    REGION_HEALTH,
+    REGION_ROLL_CALL,
+)
 from metalbus_region import rack_store
-from metalbus_region.database import Database
+from metalbus_region.context import RegionContext, Route
+from metalbus_region.outbox import record_event
 
 
 class RegionHandlers:
-    def __init__(
-        self,
-        *,
-        replica_id: str,
-        database: Database,
-        bus: Bus,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
-        self.replica_id = replica_id
-        self.database = database
-        self.bus = bus
-        self.clock = clock
-        self.started_at = clock()
+    def __init__(self, ctx: RegionContext) -> None:
+        self.replica_id = ctx.settings.replica_id
+        self.database = ctx.database
+        self.outbox = ctx.outbox
+        self.started_at = ctx.clock()
         self.migration_target = target_level()
+
+    def routes(self) -> list[Route]:
+        return [
+            (REGION_HEALTH, self.health),
+            (REGION_ROLL_CALL, self.roll_call),
+            (RACK_ANNOUNCE, self.announce),
+            (RACK_HEARTBEAT, self.heartbeat),
+            (RACK_LIST, self.list_racks),
+        ]
 
     async def health(self, _: HealthQuery) -> RegionHealth:
         reachable, level, error = await self.database.probe()
@@ -53,19 +58,21 @@ class RegionHandlers:
         return ReplicaPresent(replica_id=self.replica_id, version=__version__, started_at=self.started_at)
 
     async def announce(self, announcement: RackServiceAnnouncement) -> RackServiceAck:
-        async with self.database.connection() as conn:
-            recorded = await rack_store.record_announcement(conn, announcement)
-        await self.bus.publish_event(
-            EVENT_RACK_SERVICE,
-            RackServiceEvent(
-                kind=RackServiceEventKind.ANNOUNCED,
+        async with self.database.connection() as conn, conn.transaction():
+            await rack_store.record_announcement(conn, announcement)
+            await record_event(
+                conn,
+                EVENT_RACK_SERVICE,
+                lambda _, at: RackServiceEvent(
+                    kind=RackServiceEventKind.ANNOUNCED,
+                    rack_id=announcement.rack_id,
+                    service=announcement.service,
+                    hostname=announcement.hostname,
+                    at=at,
+                ),
                 rack_id=announcement.rack_id,
-                service=announcement.service,
-                hostname=announcement.hostname,
-                at=recorded,
-            ),
-            rack_id=announcement.rack_id,
-        )
+            )
+        self.outbox.wake()
         return RackServiceAck(known=True)
 
     async def heartbeat(self, heartbeat: RackServiceHeartbeat) -> RackServiceAck:

@@ -1,4 +1,4 @@
-"""Wiring of one region replica: bus, database, handlers; runs until asked to stop."""
+"""Wiring of one region replica: bus, database, every handler module, background tasks; runs until stopped."""
 
 import asyncio
 import contextlib
@@ -6,12 +6,24 @@ import contextlib
 import structlog
 
 from metalbus.bus import Bus
-from metalbus.subjects import RACK_ANNOUNCE, RACK_HEARTBEAT, RACK_LIST, REGION_HEALTH, REGION_ROLL_CALL
+from metalbus_region import boot, commissioning, leases, machines, metadata
+from metalbus_region.context import RegionContext, Route
 from metalbus_region.database import Database
 from metalbus_region.handlers import RegionHandlers
+from metalbus_region.outbox import OutboxPublisher
 from metalbus_region.settings import RegionSettings
 
 log = structlog.get_logger("metalbus.region")
+
+
+def all_routes(ctx: RegionContext) -> list[Route]:
+    return [
+        *RegionHandlers(ctx).routes(),
+        *machines.routes(ctx),
+        *leases.routes(ctx),
+        *boot.routes(ctx),
+        *metadata.routes(ctx),
+    ]
 
 
 async def serve_region(settings: RegionSettings, stop: asyncio.Event) -> None:
@@ -21,21 +33,24 @@ async def serve_region(settings: RegionSettings, stop: asyncio.Event) -> None:
     database = Database(
         settings.database_dsn, pool_max=settings.database_pool_max, timeout_s=settings.database_timeout_s
     )
-    handlers = RegionHandlers(replica_id=settings.replica_id, database=database, bus=bus)
+    ctx = RegionContext(settings=settings, database=database, bus=bus, outbox=OutboxPublisher(database, bus))
     await bus.ensure_streams()
-    connecting = asyncio.create_task(database.connect_and_migrate(), name="region-database")
-    await bus.serve(REGION_HEALTH, handlers.health)
-    await bus.serve(REGION_ROLL_CALL, handlers.roll_call)
-    await bus.serve(RACK_ANNOUNCE, handlers.announce)
-    await bus.serve(RACK_HEARTBEAT, handlers.heartbeat)
-    await bus.serve(RACK_LIST, handlers.list_racks)
+    background = [
+        asyncio.create_task(database.connect_and_migrate(), name="region-database"),
+        asyncio.create_task(ctx.outbox.run(stop), name="region-outbox"),
+        asyncio.create_task(commissioning.run_reaper(ctx, stop), name="region-reaper"),
+    ]
+    for subject, handler in all_routes(ctx):
+        await bus.serve(subject, handler)
     log.info("region.serving", replica_id=settings.replica_id)
     try:
         await stop.wait()
     finally:
-        connecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await connecting
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await bus.drain()
         await database.close()
         log.info("region.stopped", replica_id=settings.replica_id)

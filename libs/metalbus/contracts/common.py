@@ -1,0 +1,39 @@
+"""Value types shared by several contract areas: MAC addresses, system ids, architectures, idempotency keys."""
+
+import re
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+
+_MAC = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+
+
+def normalise_mac(value: str) -> str:
+    """``AA-BB-CC-DD-EE-FF`` / ``aabbccddeeff`` / ``aa:bb:…`` → ``aa:bb:cc:dd:ee:ff``."""
+    lowered = value.strip().lower()
+    if not _MAC.match(lowered):
+        raise ValueError(f"not a MAC address: {value!r}")
+    digits = lowered.replace(":", "").replace("-", "")
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+MacAddress = Annotated[str, AfterValidator(normalise_mac)]
+SystemId = Annotated[str, Field(pattern=r"^[a-z0-9]{6}$", description="MAAS-style six-character machine id.")]
+IdempotencyKey = Annotated[
+    str,
+    Field(
+        min_length=8,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="Repeat a command with the same key and it is applied once; the first reply is returned.",
+    ),
+]
+
+
+class Architecture(StrEnum):
+    """Boot architectures, as MAAS names them; DHCP option 93 maps onto these."""
+
+    AMD64_BIOS = "amd64/bios"
+    AMD64_UEFI = "amd64/uefi"
+    ARM64_UEFI = "arm64/uefi"

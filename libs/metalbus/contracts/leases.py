@@ -1,0 +1,187 @@
+"""Subjects' models for DHCP leases and subnets: what rack-dhcp asks the region, and the rack's snapshot."""
+
+from datetime import datetime
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv4Network
+
+from pydantic import Field
+
+from metalbus.contracts.base import Message, examples
+from metalbus.contracts.common import IdempotencyKey, MacAddress
+
+_SUBNET = {
+    "schema_version": 1,
+    "subnet_id": 1,
+    "cidr": "10.20.0.0/24",
+    "gateway": "10.20.0.1",
+    "dns_servers": ["10.20.0.2"],
+    "dynamic_start": "10.20.0.100",
+    "dynamic_end": "10.20.0.199",
+    "managed": True,
+    "lease_time_s": 600,
+    "domain": "maas.internal",
+}
+_LEASE = {
+    "schema_version": 1,
+    "ip": "10.20.0.100",
+    "mac": "52:54:00:12:34:56",
+    "subnet_id": 1,
+    "rack_id": "rack-1",
+    "state": "bound",
+    "expires_at": "2026-11-25T06:10:00Z",
+    "hostname": "node-1",
+}
+
+
+class LeaseState(StrEnum):
+    OFFERED = "offered"
+    BOUND = "bound"
+    RELEASED = "released"
+    DECLINED = "declined"
+    EXPIRED = "expired"
+
+
+class SubnetCreate(Message):
+    model_config = examples({k: v for k, v in _SUBNET.items() if k != "subnet_id"} | {"reserved": []})
+
+    cidr: IPv4Network
+    gateway: IPv4Address | None = None
+    dns_servers: list[IPv4Address] = Field(default_factory=list)
+    dynamic_start: IPv4Address | None = None
+    dynamic_end: IPv4Address | None = None
+    managed: bool = True
+    lease_time_s: int = Field(default=600, ge=30, le=7 * 24 * 3600)
+    domain: str = "maas.internal"
+    reserved: list[IPv4Address] = Field(default_factory=list, description="Never handed out dynamically.")
+
+
+class Subnet(Message):
+    model_config = examples(_SUBNET)
+
+    subnet_id: int
+    cidr: IPv4Network
+    gateway: IPv4Address | None
+    dns_servers: list[IPv4Address]
+    dynamic_start: IPv4Address | None
+    dynamic_end: IPv4Address | None
+    managed: bool
+    lease_time_s: int
+    domain: str
+
+
+class SubnetListQuery(Message):
+    model_config = examples({"schema_version": 1})
+
+
+class SubnetList(Message):
+    model_config = examples({"schema_version": 1, "subnets": [_SUBNET]})
+
+    subnets: list[Subnet]
+
+
+class Lease(Message):
+    model_config = examples(_LEASE)
+
+    ip: IPv4Address
+    mac: MacAddress
+    subnet_id: int
+    rack_id: str
+    state: LeaseState
+    expires_at: datetime
+    hostname: str | None = None
+
+
+class LeaseOfferRequest(Message):
+    """DHCPDISCOVER seen by a rack. ``link_address`` is giaddr (relayed) or the receiving interface's address:
+    it selects the subnet. The same MAC gets its previous address back; ``requested_ip`` (option 50) is
+    honoured when free."""
+
+    model_config = examples(
+        {
+            "schema_version": 1,
+            "rack_id": "rack-1",
+            "mac": "52:54:00:12:34:56",
+            "link_address": "10.20.0.2",
+            "requested_ip": None,
+            "hostname": None,
+        }
+    )
+
+    rack_id: str
+    mac: MacAddress
+    link_address: IPv4Address
+    requested_ip: IPv4Address | None = None
+    hostname: str | None = None
+
+
+class LeaseOffer(Message):
+    model_config = examples({"schema_version": 1, "lease": _LEASE | {"state": "offered"}, "subnet": _SUBNET})
+
+    lease: Lease
+    subnet: Subnet
+
+
+class LeaseCommitRequest(Message):
+    """DHCPREQUEST (selecting or init-reboot) or a renewal: bind ``ip`` to ``mac``; Conflict means NAK."""
+
+    model_config = examples(
+        {
+            "schema_version": 1,
+            "rack_id": "rack-1",
+            "mac": "52:54:00:12:34:56",
+            "ip": "10.20.0.100",
+            "hostname": "node-1",
+            "idempotency_key": None,
+        }
+    )
+
+    rack_id: str
+    mac: MacAddress
+    ip: IPv4Address
+    hostname: str | None = None
+    idempotency_key: IdempotencyKey | None = None
+
+
+class LeaseReleaseRequest(Message):
+    """DHCPRELEASE (the address is free again) or DHCPDECLINE (someone else uses it: quarantine it)."""
+
+    model_config = examples({"schema_version": 1, "rack_id": "rack-1", "mac": "52:54:00:12:34:56", "ip": "10.20.0.100"})
+
+    rack_id: str
+    mac: MacAddress
+    ip: IPv4Address
+
+
+class LeaseAck(Message):
+    model_config = examples({"schema_version": 1, "lease": _LEASE | {"state": "released"}})
+
+    lease: Lease | None = Field(description="The lease as it now is; None if there was nothing to change.")
+
+
+class RackSnapshotQuery(Message):
+    model_config = examples({"schema_version": 1, "rack_id": "rack-1"})
+
+    rack_id: str
+
+
+class RackSnapshot(Message):
+    """Everything a rack needs to keep serving DHCP alone for a while."""
+
+    model_config = examples(
+        {"schema_version": 1, "rack_id": "rack-1", "subnets": [_SUBNET], "leases": [_LEASE], "reserved": {}}
+    )
+
+    rack_id: str
+    subnets: list[Subnet]
+    leases: list[Lease]
+    reserved: dict[int, list[IPv4Address]] = Field(description="Reserved addresses per subnet id.")
+
+
+class LeaseEvent(Message):
+    """On ``events.lease.<subnet_id>``: a lease was offered, bound, released, declined or expired."""
+
+    model_config = examples({"schema_version": 1, "sequence": 7, "lease": _LEASE, "at": "2026-11-25T06:00:00Z"})
+
+    sequence: int
+    lease: Lease
+    at: datetime

@@ -1,0 +1,172 @@
+"""Machines: their status lifecycle, operator actions, and the commissioning inventory."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import Field
+
+from metalbus.contracts.base import Message, examples
+from metalbus.contracts.common import Architecture, IdempotencyKey, MacAddress, SystemId
+
+
+class MachineStatus(StrEnum):
+    NEW = "new"
+    COMMISSIONING = "commissioning"
+    READY = "ready"
+    FAILED_COMMISSIONING = "failed_commissioning"
+    BROKEN = "broken"
+    # Deployment is a later scope; the statuses exist so the table has room for them.
+    ALLOCATED = "allocated"
+    DEPLOYING = "deploying"
+    DEPLOYED = "deployed"
+    RELEASING = "releasing"
+
+
+class MachineAction(StrEnum):
+    """What operators (and the region itself) do to a machine; the transition table says where each leads."""
+
+    COMMISSION = "commission"
+    ABORT = "abort"
+    MARK_BROKEN = "mark_broken"
+    MARK_FIXED = "mark_fixed"
+    # Taken by the region, not operators:
+    COMMISSIONING_SUCCEEDED = "commissioning_succeeded"
+    COMMISSIONING_FAILED = "commissioning_failed"
+
+
+class PowerType(StrEnum):
+    IPMI = "ipmi"
+    REDFISH = "redfish"
+    MANUAL = "manual"
+
+
+class BootPurpose(StrEnum):
+    COMMISSIONING = "commissioning"
+    ENLISTMENT = "enlistment"
+    LOCAL = "local"
+
+
+_MACHINE_EXAMPLE: dict[str, Any] = {
+    "schema_version": 1,
+    "system_id": "x7kq2m",
+    "hostname": "node-1",
+    "status": "new",
+    "status_reason": None,
+    "architecture": "amd64/bios",
+    "boot_mac": "52:54:00:12:34:56",
+    "power_type": "ipmi",
+    "power_parameters": {"address": "10.0.0.21", "port": 623, "username": "admin"},
+    "bmc_address": "10.0.0.21",
+    "created_at": "2026-11-25T06:00:00Z",
+    "status_changed_at": "2026-11-25T06:00:00Z",
+    "commissioning_deadline": None,
+}
+
+
+class Machine(Message):
+    """A machine as the region reports it. BMC secrets (passwords) are never part of it."""
+
+    model_config = examples(_MACHINE_EXAMPLE)
+
+    system_id: SystemId
+    hostname: str
+    status: MachineStatus
+    status_reason: str | None = None
+    architecture: Architecture
+    boot_mac: MacAddress | None
+    power_type: PowerType
+    power_parameters: dict[str, Any] = Field(description="Non-secret BMC parameters (address, port, user).")
+    bmc_address: str | None = None
+    created_at: datetime
+    status_changed_at: datetime
+    commissioning_deadline: datetime | None = None
+
+
+class MachineCreate(Message):
+    """Add a machine. ``power_secrets`` (e.g. ``{"password": …}``) are stored apart and never returned."""
+
+    model_config = examples(
+        {
+            "schema_version": 1,
+            "hostname": "node-1",
+            "architecture": "amd64/bios",
+            "boot_mac": "52:54:00:12:34:56",
+            "power_type": "ipmi",
+            "power_parameters": {"address": "10.0.0.21", "port": 623, "username": "admin"},
+            "power_secrets": {"password": "s3cret"},
+            "idempotency_key": "create-node-1-0001",
+        }
+    )
+
+    hostname: str | None = Field(default=None, pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    architecture: Architecture = Architecture.AMD64_BIOS
+    boot_mac: MacAddress
+    power_type: PowerType = PowerType.MANUAL
+    power_parameters: dict[str, Any] = Field(default_factory=dict)
+    power_secrets: dict[str, str] = Field(default_factory=dict, repr=False)
+    idempotency_key: IdempotencyKey | None = None
+
+
+class MachineQuery(Message):
+    model_config = examples({"schema_version": 1, "system_id": "x7kq2m"})
+
+    system_id: SystemId
+
+
+class MachineListQuery(Message):
+    model_config = examples({"schema_version": 1, "status": "ready"})
+
+    status: MachineStatus | None = None
+
+
+class MachineList(Message):
+    model_config = examples({"schema_version": 1, "machines": [_MACHINE_EXAMPLE]})
+
+    machines: list[Machine]
+
+
+class MachineActionRequest(Message):
+    """Ask for an action on a machine; an action the current status does not allow is InvalidTransition."""
+
+    model_config = examples(
+        {
+            "schema_version": 1,
+            "system_id": "x7kq2m",
+            "action": "commission",
+            "reason": None,
+            "commissioning_timeout_s": 1800,
+            "idempotency_key": "commission-x7kq2m-0001",
+        }
+    )
+
+    system_id: SystemId
+    action: MachineAction
+    reason: str | None = Field(default=None, max_length=1000)
+    commissioning_timeout_s: float | None = Field(default=None, gt=0, le=24 * 3600)
+    idempotency_key: IdempotencyKey | None = None
+
+
+class MachineEvent(Message):
+    """On ``events.machine.<system_id>``: a machine changed status."""
+
+    model_config = examples(
+        {
+            "schema_version": 1,
+            "sequence": 42,
+            "system_id": "x7kq2m",
+            "action": "commission",
+            "from_status": "new",
+            "to_status": "commissioning",
+            "reason": None,
+            "at": "2026-11-25T06:00:00Z",
+        }
+    )
+
+    sequence: int = Field(description="Region-wide event sequence (the outbox row), increasing.")
+    system_id: SystemId
+    action: MachineAction | None
+    from_status: MachineStatus | None
+    to_status: MachineStatus
+    reason: str | None = None
+    at: datetime

@@ -1,0 +1,182 @@
+"""The metadata service behind the rack's proxy: per-machine OAuth tokens, meta-data reads, result intake.
+
+Paths and semantics follow cloud-init's MAAS datasource (``<ver>/meta-data/instance-id`` …); the rack turns
+HTTP into these requests and the region answers only for the token's own machine.
+"""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import Field
+
+from metalbus.contracts.base import Message, examples
+from metalbus.contracts.common import SystemId
+from metalbus.contracts.machines import MachineStatus
+
+_CREDENTIALS = {
+    "consumer_key": "cKey1234567890abcdef",
+    "token_key": "tKey1234567890abcdef",
+    "token_secret": "s3cr3t",
+}
+
+
+class OAuthCredentials(Message):
+    """OAuth 1.0a PLAINTEXT credentials of one machine (the consumer secret is empty, as in MAAS)."""
+
+    model_config = examples({"schema_version": 1} | _CREDENTIALS)
+
+    consumer_key: str = Field(min_length=1, max_length=64)
+    token_key: str = Field(min_length=1, max_length=64)
+    token_secret: str = Field(min_length=1, max_length=128, repr=False)
+
+
+class MetadataItem(StrEnum):
+    INSTANCE_ID = "instance-id"
+    LOCAL_HOSTNAME = "local-hostname"
+    PUBLIC_KEYS = "public-keys"
+    VENDOR_DATA = "vendor-data"
+    USER_DATA = "user-data"
+
+
+class MetadataRead(Message):
+    model_config = examples({"schema_version": 1, "credentials": _CREDENTIALS, "item": "local-hostname"})
+
+    credentials: OAuthCredentials
+    item: MetadataItem
+
+
+class MetadataValue(Message):
+    model_config = examples({"schema_version": 1, "system_id": "x7kq2m", "item": "local-hostname", "content": "node-1"})
+
+    system_id: SystemId
+    item: MetadataItem
+    content: str
+
+
+class SignalStatus(StrEnum):
+    OK = "OK"
+    FAILED = "FAILED"
+    WORKING = "WORKING"
+    COMMISSIONING = "COMMISSIONING"
+
+
+class ScriptResult(Message):
+    """One commissioning script's outcome (``.out``, ``.err`` and ``.yaml``/JSON result files of MAAS)."""
+
+    model_config = examples(
+        {
+            "schema_version": 1,
+            "name": "metalbus-inventory",
+            "exit_status": 0,
+            "stdout": '{"cpu": {"model": "QEMU Virtual CPU", "count": 2, "speed_mhz": 2000}}',
+            "stderr": "",
+            "result": None,
+            "runtime_s": 1.5,
+        }
+    )
+
+    name: str = Field(min_length=1, max_length=255)
+    exit_status: int
+    stdout: str = Field(default="", max_length=4 * 1024 * 1024)
+    stderr: str = Field(default="", max_length=4 * 1024 * 1024)
+    result: dict[str, Any] | None = None
+    runtime_s: float | None = Field(default=None, ge=0)
+
+
+class MetadataSignal(Message):
+    """POST <ver>/ op=signal: progress, script results, and the final OK / FAILED."""
+
+    model_config = examples(
+        {
+            "schema_version": 1,
+            "credentials": _CREDENTIALS,
+            "status": "OK",
+            "error": None,
+            "results": [],
+        }
+    )
+
+    credentials: OAuthCredentials
+    status: SignalStatus
+    error: str | None = Field(default=None, max_length=10_000)
+    results: list[ScriptResult] = Field(default_factory=list)
+
+
+class SignalAck(Message):
+    model_config = examples({"schema_version": 1, "system_id": "x7kq2m", "status": "ready"})
+
+    system_id: SystemId
+    status: MachineStatus
+
+
+class BlockDevice(Message):
+    model_config = examples({"schema_version": 1, "name": "vda", "size_bytes": 10737418240, "model": "", "serial": ""})
+
+    name: str
+    size_bytes: int = Field(ge=0)
+    model: str = ""
+    serial: str = ""
+
+
+class NetworkInterface(Message):
+    model_config = examples(
+        {"schema_version": 1, "name": "eth0", "mac": "52:54:00:12:34:56", "link_up": True, "speed_mbps": 1000}
+    )
+
+    name: str
+    mac: str
+    link_up: bool = False
+    speed_mbps: int | None = None
+
+
+class LldpNeighbour(Message):
+    model_config = examples(
+        {"schema_version": 1, "interface": "eth0", "chassis_id": "aa:bb:cc:00:00:01", "port_id": "ge-0/0/1",
+         "system_name": "tor-1"}
+    )  # fmt: skip
+
+    interface: str
+    chassis_id: str
+    port_id: str
+    system_name: str | None = None
+
+
+class HardwareInventory(Message):
+    """What commissioning learnt: the ``metalbus-inventory`` script prints this as JSON."""
+
+    model_config = examples(
+        {
+            "schema_version": 1,
+            "cpu_model": "QEMU Virtual CPU",
+            "cpu_count": 2,
+            "cpu_speed_mhz": 2000,
+            "memory_mib": 2048,
+            "block_devices": [],
+            "interfaces": [],
+            "lldp_neighbours": [],
+        }
+    )
+
+    cpu_model: str
+    cpu_count: int = Field(ge=1)
+    cpu_speed_mhz: int | None = None
+    memory_mib: int = Field(ge=1)
+    block_devices: list[BlockDevice] = Field(default_factory=list)
+    interfaces: list[NetworkInterface] = Field(default_factory=list)
+    lldp_neighbours: list[LldpNeighbour] = Field(default_factory=list)
+
+
+class ResultEvent(Message):
+    """On ``events.result.<system_id>``: a commissioning script's result was stored."""
+
+    model_config = examples(
+        {"schema_version": 1, "sequence": 9, "system_id": "x7kq2m", "name": "metalbus-inventory", "exit_status": 0,
+         "at": "2026-11-25T06:00:00Z"}
+    )  # fmt: skip
+
+    sequence: int
+    system_id: SystemId
+    name: str
+    exit_status: int
+    at: datetime

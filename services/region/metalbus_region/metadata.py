@@ -1,0 +1,7 @@
+"""PLACEHOLDER: replaced by the metadata area's implementation."""
+
+from metalbus_region.context import RegionContext, Route
+
+
+def routes(ctx: RegionContext) -> list[Route]:
+    return []

@@ -1,0 +1,62 @@
+"""Per-machine metadata credentials (OAuth 1.0a PLAINTEXT, as MAAS): issue them, check them.
+
+Only a SHA-256 of the token secret is stored; checking compares digests in constant time. A token works only
+for its own machine, and not after it expired or was revoked (commissioning again revokes the old ones).
+"""
+
+import hashlib
+import hmac
+import secrets
+from datetime import datetime
+
+from metalbus.contracts.errors import Forbidden
+from metalbus.contracts.metadata import OAuthCredentials
+from metalbus.db.pool import DbConnection
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def issue_token(conn: DbConnection, system_id: str, *, expires_at: datetime | None) -> OAuthCredentials:
+    """New credentials for ``system_id``; earlier tokens of that machine are revoked."""
+    await conn.execute(
+        "UPDATE metadata_tokens SET revoked_at = now() WHERE system_id = $1 AND revoked_at IS NULL", system_id
+    )
+    credentials = OAuthCredentials(
+        consumer_key=secrets.token_urlsafe(15),
+        token_key=secrets.token_urlsafe(15),
+        token_secret=secrets.token_urlsafe(24),
+    )
+    await conn.execute(
+        """
+        INSERT INTO metadata_tokens (token_key, consumer_key, token_secret_hash, system_id, expires_at)
+        VALUES ($1, $2, $3, $4, $5)
+        """,
+        credentials.token_key,
+        credentials.consumer_key,
+        _digest(credentials.token_secret),
+        system_id,
+        expires_at,
+    )
+    return credentials
+
+
+async def machine_for_token(conn: DbConnection, credentials: OAuthCredentials) -> str:
+    """The system id the credentials belong to, or Forbidden (unknown, wrong secret, expired, revoked)."""
+    row = await conn.fetchrow(
+        """
+        SELECT system_id, consumer_key, token_secret_hash,
+               (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())) AS valid
+          FROM metadata_tokens WHERE token_key = $1
+        """,
+        credentials.token_key,
+    )
+    if (
+        row is None
+        or not hmac.compare_digest(row["token_secret_hash"], _digest(credentials.token_secret))
+        or not hmac.compare_digest(row["consumer_key"], credentials.consumer_key)
+        or not row["valid"]
+    ):
+        raise Forbidden("metadata credentials are not valid")
+    return str(row["system_id"])
