@@ -1,10 +1,10 @@
 """Per-machine metadata credentials (OAuth 1.0a PLAINTEXT, as MAAS): issue them, check them.
 
-Only a SHA-256 of the token secret is stored; checking compares digests in constant time. A token works only
-for its own machine, and not after it expired or was revoked (commissioning again revokes the old ones).
+The secret is stored as issued (as MAAS does): the region must hand it to the machine again in every boot
+config it renders. Checks compare in constant time. A token works only for its own machine, and not after it
+expired or was revoked (commissioning again revokes the old ones).
 """
 
-import hashlib
 import hmac
 import secrets
 from datetime import datetime
@@ -14,15 +14,9 @@ from metalbus.contracts.metadata import OAuthCredentials
 from metalbus.db.pool import DbConnection
 
 
-def _digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 async def issue_token(conn: DbConnection, system_id: str, *, expires_at: datetime | None) -> OAuthCredentials:
     """New credentials for ``system_id``; earlier tokens of that machine are revoked."""
-    await conn.execute(
-        "UPDATE metadata_tokens SET revoked_at = now() WHERE system_id = $1 AND revoked_at IS NULL", system_id
-    )
+    await revoke_tokens(conn, system_id)
     credentials = OAuthCredentials(
         consumer_key=secrets.token_urlsafe(15),
         token_key=secrets.token_urlsafe(15),
@@ -30,12 +24,12 @@ async def issue_token(conn: DbConnection, system_id: str, *, expires_at: datetim
     )
     await conn.execute(
         """
-        INSERT INTO metadata_tokens (token_key, consumer_key, token_secret_hash, system_id, expires_at)
+        INSERT INTO metadata_tokens (token_key, consumer_key, token_secret, system_id, expires_at)
         VALUES ($1, $2, $3, $4, $5)
         """,
         credentials.token_key,
         credentials.consumer_key,
-        _digest(credentials.token_secret),
+        credentials.token_secret,
         system_id,
         expires_at,
     )
@@ -46,7 +40,7 @@ async def machine_for_token(conn: DbConnection, credentials: OAuthCredentials) -
     """The system id the credentials belong to, or Forbidden (unknown, wrong secret, expired, revoked)."""
     row = await conn.fetchrow(
         """
-        SELECT system_id, consumer_key, token_secret_hash,
+        SELECT system_id, consumer_key, token_secret,
                (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())) AS valid
           FROM metadata_tokens WHERE token_key = $1
         """,
@@ -54,9 +48,32 @@ async def machine_for_token(conn: DbConnection, credentials: OAuthCredentials) -
     )
     if (
         row is None
-        or not hmac.compare_digest(row["token_secret_hash"], _digest(credentials.token_secret))
+        or not hmac.compare_digest(row["token_secret"], credentials.token_secret)
         or not hmac.compare_digest(row["consumer_key"], credentials.consumer_key)
         or not row["valid"]
     ):
         raise Forbidden("metadata credentials are not valid")
     return str(row["system_id"])
+
+
+async def current_token(conn: DbConnection, system_id: str) -> OAuthCredentials | None:
+    """The machine's valid credentials (newest), to render into its boot config; None if it has none."""
+    row = await conn.fetchrow(
+        """
+        SELECT consumer_key, token_key, token_secret FROM metadata_tokens
+         WHERE system_id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+         ORDER BY created_at DESC LIMIT 1
+        """,
+        system_id,
+    )
+    if row is None:
+        return None
+    return OAuthCredentials(
+        consumer_key=row["consumer_key"], token_key=row["token_key"], token_secret=row["token_secret"]
+    )
+
+
+async def revoke_tokens(conn: DbConnection, system_id: str) -> None:
+    await conn.execute(
+        "UPDATE metadata_tokens SET revoked_at = now() WHERE system_id = $1 AND revoked_at IS NULL", system_id
+    )

@@ -94,11 +94,11 @@ CREATE TABLE boot_resources (
     PRIMARY KEY (architecture, purpose)
 );
 
--- OAuth PLAINTEXT credentials per machine; only a hash of the secret is kept.
+-- OAuth PLAINTEXT credentials per machine. The secret is kept as issued: boot configs carry it to the machine.
 CREATE TABLE metadata_tokens (
     token_key         text PRIMARY KEY,
     consumer_key      text NOT NULL,
-    token_secret_hash text NOT NULL,
+    token_secret      text NOT NULL,
     system_id         text NOT NULL REFERENCES machines (system_id) ON DELETE CASCADE,
     created_at        timestamptz NOT NULL DEFAULT now(),
     expires_at        timestamptz,
