@@ -7,11 +7,12 @@ reports rack health from the heartbeats.
 import asyncio
 import contextlib
 import socket
+from ipaddress import IPv4Interface
 
 import structlog
 from pydantic import Field
 
-from metalbus import __version__
+from metalbus import __version__, host_interfaces
 from metalbus.bus import Bus
 from metalbus.contracts.errors import MetalbusError
 from metalbus.contracts.racks import (
@@ -32,6 +33,10 @@ class RackServiceSettings(ServiceSettings):
     rack_id: str = Field(default="rack-1", pattern=RACK_ID_PATTERN)
     hostname: str = Field(default_factory=socket.gethostname, min_length=1)
     heartbeat_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    interfaces: list[IPv4Interface] | None = Field(
+        default=None, description="The networks this rack reaches; default: detected from the host."
+    )
+    shared_secret: str | None = Field(default=None, json_schema_extra={"secret": True})
     request_timeout_s: float = Field(default=5.0, gt=0)
 
 
@@ -48,6 +53,8 @@ async def keep_present(
         hostname=settings.hostname,
         version=__version__,
         heartbeat_interval_s=settings.heartbeat_interval_s,
+        interfaces=host_interfaces.detect() if settings.interfaces is None else settings.interfaces,
+        shared_secret=settings.shared_secret,
     )
     heartbeat = RackServiceHeartbeat(rack_id=settings.rack_id, service=kind)
     announced = False

@@ -70,6 +70,7 @@ def test_up_status_health_down_and_up_again_reusing_the_data(stack_env: tuple[Pa
     assert started.returncode == 0, started.stderr
     assert "stack up in" in started.stdout
     assert live_components(state_dir) == sorted(COMPONENTS)
+    assert (state_dir / "rack-secret").stat().st_mode & 0o077 == 0, "the rack secret is readable by root only"
 
     status = metalbus(state_dir, env, "status", "--json")
     assert status.returncode == 0, status.stdout + status.stderr

@@ -3,14 +3,15 @@
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from ipaddress import IPv4Interface
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
 from nats.js.api import DeliverPolicy
 
 from metalbus.bus import Bus
-from metalbus.contracts.errors import Unavailable
+from metalbus.contracts.errors import Forbidden, Unavailable
 from metalbus.contracts.health import HealthQuery, ReplicaRollCall
 from metalbus.contracts.racks import (
     RackListQuery,
@@ -40,13 +41,14 @@ ANNOUNCEMENT = RackServiceAnnouncement(
     hostname="lab-rack-7",
     version="0.1.0",
     heartbeat_interval_s=30,
+    interfaces=[IPv4Interface("10.20.0.2/24"), IPv4Interface("10.0.0.2/24")],
 )
 
 
 @asynccontextmanager
-async def running_region(nats: NatsServer, dsn: str, replica_id: str) -> AsyncIterator[None]:
+async def running_region(nats: NatsServer, dsn: str, replica_id: str, **settings_: Any) -> AsyncIterator[None]:
     stop = asyncio.Event()
-    settings = RegionSettings(nats_url=nats.url, database_dsn=dsn, replica_id=replica_id)
+    settings = RegionSettings(nats_url=nats.url, database_dsn=dsn, replica_id=replica_id, **settings_)
     task = asyncio.create_task(serve_region(settings, stop))
     try:
         yield
@@ -108,6 +110,7 @@ async def test_announced_rack_service_is_stored_listed_and_published(
     assert [r.rack_id for r in racks] == ["rack-7"]
     [service] = racks[0].services
     assert (service.service, service.hostname, service.healthy) == (RackServiceKind.DHCP, "lab-rack-7", True)
+    assert service.interfaces == [IPv4Interface("10.20.0.2/24"), IPv4Interface("10.0.0.2/24")]
     conn = await asyncpg.connect(database_dsn)
     try:
         row = await conn.fetchrow("SELECT hostname, heartbeat_interval_s FROM rack_services WHERE rack_id='rack-7'")
@@ -147,3 +150,17 @@ async def test_without_postgresql_the_region_answers_with_typed_unavailable(nats
         assert caught.value.retryable
         present = await bus.gather(REGION_ROLL_CALL, ReplicaRollCall(), window=0.2)
         assert [p.replica_id for p in present] == ["lonely"]
+
+
+async def test_a_region_with_a_rack_secret_refuses_racks_without_it(
+    nats_server: NatsServer, database_dsn: str, bus: Bus
+) -> None:
+    async with running_region(nats_server, database_dsn, "r1", rack_shared_secret="the-lab-secret"):
+        await eventually(lambda: bus.request(RACK_LIST, RackListQuery(), timeout=2), lambda r: True)
+        for presented in (None, "a-guess"):
+            with pytest.raises(Forbidden, match="did not present the region's rack secret"):
+                await bus.request(RACK_ANNOUNCE, ANNOUNCEMENT.model_copy(update={"shared_secret": presented}))
+        assert (await bus.request(RACK_LIST, RackListQuery(), timeout=2)).racks == []
+        welcome = ANNOUNCEMENT.model_copy(update={"shared_secret": "the-lab-secret"})
+        assert (await bus.request(RACK_ANNOUNCE, welcome, timeout=2)).known
+        assert [r.rack_id for r in (await bus.request(RACK_LIST, RackListQuery(), timeout=2)).racks] == ["rack-7"]

@@ -2,6 +2,7 @@
 
 from datetime import datetime
 from enum import StrEnum
+from ipaddress import IPv4Interface
 
 from pydantic import Field
 
@@ -28,6 +29,8 @@ class RackServiceAnnouncement(Message):
             "hostname": "lab-rack-1",
             "version": "0.1.0",
             "heartbeat_interval_s": 5.0,
+            "interfaces": ["10.20.0.2/24", "10.0.0.2/24"],
+            "shared_secret": "from-metalbus-up",
         }
     )
 
@@ -36,6 +39,12 @@ class RackServiceAnnouncement(Message):
     hostname: str = Field(min_length=1, max_length=255)
     version: str
     heartbeat_interval_s: float = Field(gt=0, le=3600)
+    interfaces: list[IPv4Interface] = Field(
+        default_factory=list, description="The rack host's addresses with prefix: the networks it reaches."
+    )
+    shared_secret: str | None = Field(
+        default=None, repr=False, description="The shared rack secret the region was given (metalbus up makes one)."
+    )
 
 
 class RackServiceHeartbeat(Message):
@@ -67,6 +76,7 @@ class RackServiceStatus(Message):
             "first_seen": "2026-11-25T06:00:00Z",
             "last_seen": "2026-11-25T06:01:00Z",
             "healthy": True,
+            "interfaces": ["10.20.0.2/24"],
         }
     )
 
@@ -76,6 +86,7 @@ class RackServiceStatus(Message):
     first_seen: datetime
     last_seen: datetime
     healthy: bool = Field(description="Heard from within three heartbeat intervals.")
+    interfaces: list[IPv4Interface] = Field(default_factory=list)
 
 
 class RackStatus(Message):

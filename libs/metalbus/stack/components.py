@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from metalbus.contracts.racks import RackServiceKind
-from metalbus.stack.config import StackLayout, StackSettings
+from metalbus.stack.config import StackLayout, StackSettings, rack_secret
 from metalbus.stack.nats import nats_server_argv
 from metalbus.stack.postgres import PostgresCluster
 
@@ -49,6 +49,7 @@ def python_module(module: str) -> tuple[str, ...]:
 
 def stack_components(settings: StackSettings, layout: StackLayout, cluster: PostgresCluster) -> list[Component]:
     nats_url = f"nats://{settings.host}:{settings.nats_port}"
+    secret = rack_secret(layout)
     components = [
         Component(
             "nats",
@@ -76,6 +77,7 @@ def stack_components(settings: StackSettings, layout: StackLayout, cluster: Post
                     "METALBUS_REGION_NATS_URL": nats_url,
                     "METALBUS_REGION_DATABASE_DSN": cluster.dsn(),
                     "METALBUS_REGION_REPLICA_ID": f"region-{index}",
+                    "METALBUS_REGION_RACK_SHARED_SECRET": secret,
                 },
             )
         )
@@ -110,6 +112,7 @@ def stack_components(settings: StackSettings, layout: StackLayout, cluster: Post
             prefix + "NATS_URL": nats_url,
             prefix + "RACK_ID": settings.rack_id,
             prefix + "HEARTBEAT_INTERVAL_S": str(settings.heartbeat_interval_s),
+            prefix + "SHARED_SECRET": secret,
         }
         env |= {prefix + name: str(port) for name, port in ports.items()}
         module = "metalbus_" + kind.value.replace("-", "_")

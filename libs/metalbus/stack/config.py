@@ -1,6 +1,7 @@
 """What `metalbus up` starts and where: ports, replica count, rack identity, the state directory layout."""
 
 import json
+import secrets
 from pathlib import Path
 
 from pydantic import Field
@@ -61,6 +62,10 @@ class StackLayout:
     def postgres_root(self) -> Path:
         return self.root / "postgres"
 
+    @property
+    def rack_secret_file(self) -> Path:
+        return self.root / "rack-secret"
+
     def pid_file(self, component: str) -> Path:
         return self.run / f"{component}.pid"
 
@@ -80,3 +85,12 @@ def load_record(layout: StackLayout) -> StackSettings | None:
     except (OSError, ValueError):
         return None
     return StackSettings.model_validate(data)
+
+
+def rack_secret(layout: StackLayout) -> str:
+    """The shared secret racks present to the region: made once per state directory, kept 0600."""
+    if not layout.rack_secret_file.exists():
+        layout.root.mkdir(parents=True, exist_ok=True)
+        layout.rack_secret_file.touch(mode=0o600)
+        layout.rack_secret_file.write_text(secrets.token_urlsafe(32) + "\n")
+    return layout.rack_secret_file.read_text().strip()

@@ -1,6 +1,9 @@
 """The region's answers about itself and its racks: health, roll call, rack announce/heartbeat/list."""
 
+import hmac
+
 from metalbus import __version__
+from metalbus.contracts.errors import Forbidden
 from metalbus.contracts.health import HealthQuery, RegionHealth, ReplicaPresent, ReplicaRollCall
 from metalbus.contracts.racks import (
     RackList,
@@ -32,6 +35,7 @@ class RegionHandlers:
         self.outbox = ctx.outbox
         self.started_at = ctx.clock()
         self.migration_target = target_level()
+        self.rack_secret = ctx.settings.rack_shared_secret
 
     def routes(self) -> list[Route]:
         return [
@@ -58,6 +62,10 @@ class RegionHandlers:
         return ReplicaPresent(replica_id=self.replica_id, version=__version__, started_at=self.started_at)
 
     async def announce(self, announcement: RackServiceAnnouncement) -> RackServiceAck:
+        if self.rack_secret is not None and not hmac.compare_digest(
+            (announcement.shared_secret or "").encode(), self.rack_secret.encode()
+        ):
+            raise Forbidden(f"rack {announcement.rack_id} did not present the region's rack secret")
         async with self.database.connection() as conn, conn.transaction():
             await rack_store.record_announcement(conn, announcement)
             await record_event(

@@ -1,6 +1,7 @@
 """What the region keeps about racks in PostgreSQL: announcements, heartbeats, and the list."""
 
 from datetime import datetime
+from ipaddress import IPv4Interface
 
 from metalbus.contracts.racks import (
     RackServiceAnnouncement,
@@ -23,11 +24,12 @@ async def record_announcement(conn: DbConnection, announcement: RackServiceAnnou
         )
         recorded: datetime = await conn.fetchval(
             """
-            INSERT INTO rack_services (rack_id, service, hostname, version, heartbeat_interval_s)
-            VALUES ($1, $2, $3, $4, $5)
+            INSERT INTO rack_services (rack_id, service, hostname, version, heartbeat_interval_s, interfaces)
+            VALUES ($1, $2, $3, $4, $5, $6::inet[])
             ON CONFLICT (rack_id, service) DO UPDATE
                SET hostname = excluded.hostname, version = excluded.version,
-                   heartbeat_interval_s = excluded.heartbeat_interval_s, last_seen = now()
+                   heartbeat_interval_s = excluded.heartbeat_interval_s, interfaces = excluded.interfaces,
+                   last_seen = now()
             RETURNING last_seen
             """,
             announcement.rack_id,
@@ -35,6 +37,7 @@ async def record_announcement(conn: DbConnection, announcement: RackServiceAnnou
             announcement.hostname,
             announcement.version,
             announcement.heartbeat_interval_s,
+            [str(interface) for interface in announcement.interfaces],
         )
     return recorded
 
@@ -52,7 +55,7 @@ async def record_heartbeat(conn: DbConnection, heartbeat: RackServiceHeartbeat) 
 async def list_racks(conn: DbConnection) -> list[RackStatus]:
     rows = await conn.fetch(
         """
-        SELECT rack_id, service, hostname, version, first_seen, last_seen,
+        SELECT rack_id, service, hostname, version, first_seen, last_seen, interfaces::text[] AS interfaces,
                now() - last_seen <= make_interval(secs => heartbeat_interval_s * $1) AS healthy
           FROM rack_services
          ORDER BY rack_id, service
@@ -69,6 +72,7 @@ async def list_racks(conn: DbConnection) -> list[RackStatus]:
                 first_seen=row["first_seen"],
                 last_seen=row["last_seen"],
                 healthy=row["healthy"],
+                interfaces=[IPv4Interface(text) for text in row["interfaces"]],
             )
         )
     return [RackStatus(rack_id=rack_id, services=services) for rack_id, services in racks.items()]

@@ -25,3 +25,15 @@ class RegionSettings(ServiceSettings):
     database_timeout_s: float = Field(default=5.0, gt=0)
     replica_id: str = Field(default_factory=default_replica_id, min_length=1)
     max_concurrency: int = Field(default=256, ge=1)
+    rack_shared_secret: str | None = Field(
+        default=None,
+        json_schema_extra={"secret": True},
+        description="Racks must present it when they announce themselves; unset accepts any rack (development).",
+    )
+    reaper_interval_s: float = Field(
+        default=5.0, gt=0, le=3600, description="How often each replica looks for machines past their deadline."
+    )
+    reaper_batch: int = Field(default=100, ge=1, description="Most overdue machines failed in one transaction.")
+    power_request_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="How long one rack may take to answer a power command."
+    )
