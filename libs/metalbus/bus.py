@@ -5,6 +5,7 @@ No business logic lives here. Replies that are errors carry the header ``Metalbu
 """
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -133,6 +134,7 @@ class Bus:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max_concurrency)
         self.dropped_requests = 0
+        self._served: list[Subscription] = []
 
     @classmethod
     async def connect(cls, options: ConnectOptions, *, max_concurrency: int = 256) -> "Bus":
@@ -184,13 +186,16 @@ class Bus:
             except MetalbusError as error:
                 log.debug("bus.gather_skipped", subject=msg.subject, error=str(error))
 
-        subscription = await self.client.subscribe(inbox, cb=collect)
         try:
-            await self.client.publish(subject.format(**params), message.to_json_bytes(), reply=inbox)
-            await self.client.flush(timeout=window)  # type: ignore[arg-type]  # floats work
-            await asyncio.sleep(window)
-        finally:
-            await subscription.unsubscribe()
+            subscription = await self.client.subscribe(inbox, cb=collect)
+            try:
+                await self.client.publish(subject.format(**params), message.to_json_bytes(), reply=inbox)
+                await self.client.flush(timeout=window)  # type: ignore[arg-type]  # floats work
+                await asyncio.sleep(window)
+            finally:
+                await subscription.unsubscribe()
+        except nats.errors.Error as error:
+            raise Unavailable(f"NATS not usable for a roll call on {subject.pattern}: {error!r}") from error
         return replies
 
     async def serve(
@@ -218,6 +223,7 @@ class Bus:
             task.add_done_callback(self._finished)
 
         subscription = await self.client.subscribe(target, queue=group, cb=on_message)
+        self._served.append(subscription)
         # When serve() returns, the server knows the subscription: a request sent next will reach it.
         await self.client.flush(timeout=DEFAULT_TIMEOUT_S)  # type: ignore[arg-type]  # floats work
         return subscription
@@ -268,9 +274,12 @@ class Bus:
         for spec in streams:
             config = StreamConfig(name=spec.name, subjects=list(spec.subjects), max_age=spec.max_age_s)
             try:
-                await jetstream.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                await jetstream.update_stream(config)
+                try:
+                    await jetstream.add_stream(config)
+                except nats.js.errors.BadRequestError:
+                    await jetstream.update_stream(config)
+            except (nats.errors.Error, TimeoutError) as error:
+                raise Unavailable(f"JetStream refused stream {spec.name}: {error!r}") from error
 
     async def publish_event(
         self, subject: EventSubject[EventT], event: EventT, *, msg_id: str | None = None, **params: str
@@ -287,8 +296,21 @@ class Bus:
             raise Unavailable(f"event stream did not acknowledge {name}") from error
 
     async def drain(self) -> None:
-        """Finish in-flight handlers, then close the connection."""
+        """Stop taking requests (another replica in the queue group answers them now), finish the ones in
+        flight, then close. Works whether or not NATS is reachable at that moment."""
+        for subscription in self._served:
+            with contextlib.suppress(nats.errors.Error):
+                await subscription.unsubscribe()
+        self._served.clear()
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         if not self.client.is_closed:
-            await self.client.drain()
+            try:
+                await self.client.drain()
+            except nats.errors.Error:
+                await self.client.close()
+
+    async def close(self) -> None:
+        """Close at once (for short-lived clients that serve nothing)."""
+        if not self.client.is_closed:
+            await self.client.close()

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -57,10 +58,17 @@ def up(
         api_port=api_port,
         region_replicas=region_replicas,
     )
+
+    def interrupted(signum: int, _: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM like Ctrl-C: `up` stops what it started, then exits
+
+    signal.signal(signal.SIGTERM, interrupted)
     try:
         seconds = asyncio.run(bring_up(settings))
     except StackError as error:
         fail(str(error))
+    except KeyboardInterrupt:
+        fail("interrupted; stopped everything this `up` had started")
     typer.echo(f"metalbus: stack up in {seconds:.1f}s; state in {settings.state_dir.resolve()}")
     typer.echo(f"metalbus: API http://{settings.host}:{settings.api_port}/api/v1/health")
 

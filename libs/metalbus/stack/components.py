@@ -3,7 +3,7 @@
 import os
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from metalbus.contracts.racks import RackServiceKind
@@ -47,55 +47,20 @@ def python_module(module: str) -> tuple[str, ...]:
     return (sys.executable, "-m", module)
 
 
-def stack_components(settings: StackSettings, layout: StackLayout, cluster: PostgresCluster) -> list[Component]:
-    nats_url = f"nats://{settings.host}:{settings.nats_port}"
-    secret = rack_secret(layout)
-    components = [
-        Component(
-            "nats",
-            ReadyCheck.NATS,
-            argv=nats_server_argv(
-                host=settings.host,
-                port=settings.nats_port,
-                monitor_port=settings.nats_monitor_port,
-                store_dir=layout.nats_store,
-                binary=settings.nats_server_binary,
-            ),
-            env=base_env(),
-            ports=(settings.nats_port, settings.nats_monitor_port),
-        ),
+def planned_components(settings: StackSettings) -> list[Component]:
+    """Every component in start order, without how to launch it: enough for status and down."""
+    plan = [
+        Component("nats", ReadyCheck.NATS, ports=(settings.nats_port, settings.nats_monitor_port)),
         Component("postgres", ReadyCheck.POSTGRES, ports=(settings.postgres_port,), stop_signal=signal.SIGINT),
     ]
-    for index in range(1, settings.region_replicas + 1):
-        components.append(
-            Component(
-                f"region-{index}",
-                ReadyCheck.REGION_REPLICA,
-                argv=python_module("metalbus_region"),
-                env=base_env()
-                | {
-                    "METALBUS_REGION_NATS_URL": nats_url,
-                    "METALBUS_REGION_DATABASE_DSN": cluster.dsn(),
-                    "METALBUS_REGION_REPLICA_ID": f"region-{index}",
-                    "METALBUS_REGION_RACK_SHARED_SECRET": secret,
-                },
-            )
-        )
-    components.append(
-        Component(
-            "api",
-            ReadyCheck.API,
-            argv=python_module("metalbus_api"),
-            env=base_env()
-            | {
-                "METALBUS_API_NATS_URL": nats_url,
-                "METALBUS_API_HOST": settings.host,
-                "METALBUS_API_PORT": str(settings.api_port),
-            },
-            ports=(settings.api_port,),
-        )
-    )
-    rack_ports: dict[RackServiceKind, dict[str, int]] = {
+    plan += [Component(f"region-{i}", ReadyCheck.REGION_REPLICA) for i in range(1, settings.region_replicas + 1)]
+    plan.append(Component("api", ReadyCheck.API, ports=(settings.api_port,)))
+    plan += [Component(kind.value, ReadyCheck.RACK_SERVICE) for kind in RackServiceKind]
+    return plan
+
+
+def rack_service_ports(settings: StackSettings, kind: RackServiceKind) -> dict[str, int]:
+    return {
         RackServiceKind.DHCP: {"PORT": settings.dhcp_port},
         RackServiceKind.TFTP: {"PORT": settings.tftp_port, "HTTP_PORT": settings.rack_http_port},
         RackServiceKind.POWER: {},
@@ -105,16 +70,53 @@ def stack_components(settings: StackSettings, layout: StackLayout, cluster: Post
             "DNS_PORT": settings.dns_port,
             "SYSLOG_PORT": settings.syslog_port,
         },
-    }
-    for kind, ports in rack_ports.items():
-        prefix = "METALBUS_" + kind.value.upper().replace("-", "_") + "_"
-        env = base_env() | {
-            prefix + "NATS_URL": nats_url,
-            prefix + "RACK_ID": settings.rack_id,
-            prefix + "HEARTBEAT_INTERVAL_S": str(settings.heartbeat_interval_s),
-            prefix + "SHARED_SECRET": secret,
-        }
-        env |= {prefix + name: str(port) for name, port in ports.items()}
-        module = "metalbus_" + kind.value.replace("-", "_")
-        components.append(Component(kind.value, ReadyCheck.RACK_SERVICE, argv=python_module(module), env=env))
-    return components
+    }[kind]
+
+
+def stack_components(settings: StackSettings, layout: StackLayout, cluster: PostgresCluster) -> list[Component]:
+    """The planned components with their command lines and environments, ready to launch."""
+    nats_url = f"nats://{settings.host}:{settings.nats_port}"
+    secret = rack_secret(layout)
+
+    def with_launch(component: Component) -> Component:
+        match component.check:
+            case ReadyCheck.NATS:
+                argv = nats_server_argv(
+                    host=settings.host,
+                    port=settings.nats_port,
+                    monitor_port=settings.nats_monitor_port,
+                    store_dir=layout.nats_store,
+                    binary=settings.nats_server_binary,
+                )
+                return replace(component, argv=argv, env=base_env())
+            case ReadyCheck.POSTGRES:
+                return component  # PostgresCluster starts it
+            case ReadyCheck.REGION_REPLICA:
+                env = {
+                    "METALBUS_REGION_NATS_URL": nats_url,
+                    "METALBUS_REGION_DATABASE_DSN": cluster.dsn(),
+                    "METALBUS_REGION_REPLICA_ID": component.name,
+                    "METALBUS_REGION_RACK_SHARED_SECRET": secret,
+                }
+                return replace(component, argv=python_module("metalbus_region"), env=base_env() | env)
+            case ReadyCheck.API:
+                env = {
+                    "METALBUS_API_NATS_URL": nats_url,
+                    "METALBUS_API_HOST": settings.host,
+                    "METALBUS_API_PORT": str(settings.api_port),
+                }
+                return replace(component, argv=python_module("metalbus_api"), env=base_env() | env)
+            case ReadyCheck.RACK_SERVICE:
+                kind = RackServiceKind(component.name)
+                prefix = "METALBUS_" + kind.value.upper().replace("-", "_") + "_"
+                env = {
+                    prefix + "NATS_URL": nats_url,
+                    prefix + "RACK_ID": settings.rack_id,
+                    prefix + "HEARTBEAT_INTERVAL_S": str(settings.heartbeat_interval_s),
+                    prefix + "SHARED_SECRET": secret,
+                }
+                env |= {prefix + name: str(port) for name, port in rack_service_ports(settings, kind).items()}
+                module = "metalbus_" + kind.value.replace("-", "_")
+                return replace(component, argv=python_module(module), env=base_env() | env)
+
+    return [with_launch(component) for component in planned_components(settings)]

@@ -6,17 +6,19 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from metalbus.bus import Bus, ConnectOptions
 from metalbus.contracts.errors import MetalbusError
 from metalbus.stack.binaries import MissingBinary, nats_server_binary, postgres_bin_dir
-from metalbus.stack.components import Component, ReadyCheck, stack_components
+from metalbus.stack.components import Component, ReadyCheck, planned_components, stack_components
 from metalbus.stack.config import StackLayout, StackSettings, load_record, save_record
 from metalbus.stack.postgres import ClusterError, PostgresCluster, cluster_os_user
 from metalbus.stack.probes import ProbeResult, Probes
 from metalbus.stack.processes import (
     ProcessIdentity,
+    ProcessStuck,
     process_start_ticks,
     running_identity,
     start_detached,
@@ -128,7 +130,7 @@ async def wait_whole_stack_healthy(probes: Probes, timeout_s: float) -> None:
     deadline = loop.time() + timeout_s
     while not (result := await probes.whole_stack()).healthy:
         if loop.time() > deadline:
-            raise StackError(f"stack not healthy after {timeout_s:g}s: {result.detail}; see `metalbus status`")
+            raise StackError(f"stack not healthy after {timeout_s:g}s: {result.detail}")
         await asyncio.sleep(0.2)
 
 
@@ -142,8 +144,9 @@ async def bring_up(settings: StackSettings) -> float:
         directory.mkdir(parents=True, exist_ok=True)
     save_record(layout, settings)
     cluster = cluster_for(settings, layout)
-    probes = Probes(settings, cluster)
+    probes = Probes(settings, cluster, since=datetime.now(UTC))
     started: list[Component] = []
+    children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         try:
             cluster.initialise()
@@ -153,16 +156,21 @@ async def bring_up(settings: StackSettings) -> float:
             log = log_file_for(component, layout, cluster)
             child = launch(component, layout, cluster)
             started.append(component)
+            children[component.name] = child
             await wait_ready(component, child, probes, settings.ready_timeout_s, log)
             if component.check is ReadyCheck.NATS:
                 probes.bus = await Bus.connect(
                     ConnectOptions(servers=(f"nats://{settings.host}:{settings.nats_port}",), name="metalbus-up")
                 )
         await wait_whole_stack_healthy(probes, settings.ready_timeout_s)
-    except (StackError, MetalbusError, OSError) as error:
-        await close_bus(probes)
+        exited = [name for name, child in children.items() if child.poll() is not None]
+        if exited:
+            raise StackError(f"{', '.join(exited)} exited while the stack was starting; see {layout.logs}")
+    except BaseException as error:
+        # Whatever went wrong (Ctrl-C and SIGTERM included): nothing is left half-started.
         stop_components(started, layout, cluster)
-        if isinstance(error, StackError):
+        await close_bus(probes)
+        if isinstance(error, StackError | KeyboardInterrupt | asyncio.CancelledError):
             raise
         raise StackError(f"{type(error).__name__}: {error}") from error
     await close_bus(probes)
@@ -171,29 +179,32 @@ async def bring_up(settings: StackSettings) -> float:
 
 async def close_bus(probes: Probes) -> None:
     if probes.bus is not None:
-        await probes.bus.drain()
-        probes.bus = None
+        bus, probes.bus = probes.bus, None
+        await bus.close()
 
 
 def stop_components(components: list[Component], layout: StackLayout, cluster: PostgresCluster) -> list[str]:
-    stopped = []
+    """Stop in reverse start order; one stuck process does not keep the others running."""
+    stopped, stuck = [], []
     for component in reversed(components):
-        if stop_process(pid_file_for(component, layout, cluster), stop_signal=component.stop_signal):
-            stopped.append(component.name)
+        try:
+            if stop_process(pid_file_for(component, layout, cluster), stop_signal=component.stop_signal):
+                stopped.append(component.name)
+        except ProcessStuck as error:
+            stuck.append(f"{component.name} ({error})")
+    if stuck:
+        raise StackError(f"could not stop {', '.join(stuck)}")
     return stopped
 
 
 def recorded_stack(state_dir: Path) -> tuple[StackSettings, StackLayout, PostgresCluster, list[Component]]:
+    """What the last `up` in ``state_dir`` planned; needs no binary, password or secret, so `down` and
+    `status` work whatever state a failed `up` left."""
     layout = StackLayout(state_dir)
     settings = load_record(layout)
     if settings is None:
         raise StackError(f"no stack has been started in {layout.root}")
-    cluster = cluster_for(settings, layout)
-    try:
-        components = stack_components(settings, layout, cluster)
-    except (MissingBinary, OSError) as error:
-        raise StackError(str(error)) from None
-    return settings, layout, cluster, components
+    return settings, layout, cluster_for(settings, layout), planned_components(settings)
 
 
 def bring_down(state_dir: Path) -> list[str]:

@@ -96,10 +96,6 @@ class PostgresCluster:
         return self.home / "data"
 
     @property
-    def socket_dir(self) -> Path:
-        return self.home / "run"
-
-    @property
     def password_file(self) -> Path:
         return self.home / "password"
 
@@ -127,13 +123,12 @@ class PostgresCluster:
                     f"user {user} cannot reach {self.root}: {blocked} is not searchable; "
                     "choose a state directory outside it (e.g. under /var/lib or /srv)"
                 )
-        self.socket_dir.mkdir(exist_ok=True)
         if not self.password_file.exists():
             self.password_file.write_text(secrets.token_urlsafe(24) + "\n")
         self.password_file.chmod(0o600)
         if user is not None:
             entry = pwd.getpwnam(user)
-            for path in (self.home, self.socket_dir, self.password_file):
+            for path in (self.home, self.password_file):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         if (self.data_dir / "PG_VERSION").exists():
             return
@@ -171,19 +166,14 @@ class PostgresCluster:
         postgres = postgres_bin_dir() / "postgres"
         argv = [
             str(postgres),
-            "-D",
-            str(self.data_dir),
-            "-p",
-            str(self.port),
-            "-c",
-            f"listen_addresses={self.host}",
-            "-c",
-            f"unix_socket_directories={self.socket_dir}",
-            "-c",
-            "max_connections=200",
-            "-c",
-            "fsync=on",
-        ]
+            "-D", str(self.data_dir),
+            "-p", str(self.port),
+            "-c", f"listen_addresses={self.host}",
+            # No Unix socket: every client uses TCP, and a socket path (at most 107 bytes) would limit where
+            # the state directory may live.
+            "-c", "unix_socket_directories=",
+            "-c", "max_connections=200",
+        ]  # fmt: skip
         return start_detached(
             argv,
             log_path=self.log_file,

@@ -1,6 +1,7 @@
 """Is a component healthy? One probe per kind of component, shared by `up` (waiting) and `status`."""
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import httpx
 
@@ -24,6 +25,9 @@ class ProbeResult:
 class Probes:
     settings: StackSettings
     cluster: PostgresCluster
+    # Rack services count only if heard from since this time (`up` sets it: a row left by an earlier run of
+    # the stack must not pass for a service that just started).
+    since: datetime | None = None
     bus: Bus | None = None
 
     async def probe(self, component: Component) -> ProbeResult:
@@ -40,7 +44,7 @@ class Probes:
                     return await self._api()
                 case ReadyCheck.RACK_SERVICE:
                     return await self._rack_service(RackServiceKind(component.name))
-        except (httpx.HTTPError, MetalbusError, ClusterError, OSError) as error:
+        except (httpx.HTTPError, MetalbusError, ClusterError, OSError, ValueError) as error:
             return ProbeResult(False, f"{type(error).__name__}: {error}")
 
     async def _nats(self) -> ProbeResult:
@@ -69,14 +73,21 @@ class Probes:
         return ProbeResult(serving, f"serving; GET /api/v1/health: {response.status_code} {overall}")
 
     async def whole_stack(self) -> ProbeResult:
-        """The api's aggregated verdict: NATS, PostgreSQL, replicas and every rack service."""
+        """The api's report on NATS, PostgreSQL, the replicas and this stack's own rack. Other racks recorded
+        in the database (an earlier rack id, a decommissioned rack) do not hold up this stack."""
         url = f"http://{self.settings.host}:{self.settings.api_port}/api/v1/health"
         try:
             async with httpx.AsyncClient(timeout=5.0) as client:
-                response = await client.get(url)
-        except httpx.HTTPError as error:
+                report = (await client.get(url)).json()
+        except (httpx.HTTPError, ValueError) as error:
             return ProbeResult(False, f"{type(error).__name__}: {error}")
-        return ProbeResult(response.status_code == 200, f"health {response.json().get('status', '?')}")
+        own_rack = [rack for rack in report.get("racks", []) if rack.get("rack_id") == self.settings.rack_id]
+        problems = [name for name in ("nats", "database") if not report.get(name, {}).get("ok")]
+        if len(report.get("replicas", [])) < self.settings.region_replicas:
+            problems.append(f"{len(report.get('replicas', []))} of {self.settings.region_replicas} replicas")
+        if not own_rack or not all(service.get("healthy") for service in own_rack[0].get("services", [])):
+            problems.append(f"rack {self.settings.rack_id}")
+        return ProbeResult(not problems, "healthy" if not problems else "not healthy: " + ", ".join(problems))
 
     async def _rack_service(self, kind: RackServiceKind) -> ProbeResult:
         if self.bus is None:
@@ -86,7 +97,7 @@ class Probes:
             if rack.rack_id != self.settings.rack_id:
                 continue
             for service in rack.services:
-                if service.service is kind:
+                if service.service is kind and (self.since is None or service.last_seen >= self.since):
                     seen = service.last_seen.isoformat(timespec="seconds")
                     return ProbeResult(service.healthy, f"rack {rack.rack_id}, last heartbeat {seen}")
         return ProbeResult(False, f"not announced on rack {self.settings.rack_id}")

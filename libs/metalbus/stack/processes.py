@@ -84,25 +84,37 @@ def start_detached(
 def stop_process(pid_path: Path, *, stop_signal: int = signal.SIGTERM, grace_s: float = 15.0) -> bool:
     """Stop the process a pid file names: the given signal, then SIGKILL after the grace period.
 
-    Returns True if a running process was stopped; removes the pid file either way.
+    Returns True if a running process was stopped; removes the pid file either way. Raises ProcessStuck if
+    even SIGKILL does not end it within a few seconds (a process stuck in the kernel).
     """
     identity = running_identity(pid_path)
-    stopped = False
-    if identity is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(identity.pid, stop_signal)
-        deadline = time.monotonic() + grace_s
-        while process_start_ticks(identity.pid) == identity.start_ticks and time.monotonic() < deadline:
-            reap(identity.pid)
-            time.sleep(0.05)
-        if process_start_ticks(identity.pid) == identity.start_ticks:
-            os.kill(identity.pid, signal.SIGKILL)
-            while process_start_ticks(identity.pid) == identity.start_ticks:
-                reap(identity.pid)
-                time.sleep(0.02)
-        stopped = True
+    stopped = identity is not None and (
+        _signal_and_wait(identity, stop_signal, grace_s) or _signal_and_wait(identity, signal.SIGKILL, KILL_WAIT_S)
+    )
+    if identity is not None and not stopped:
+        raise ProcessStuck(f"pid {identity.pid} did not exit even after SIGKILL")
     pid_path.unlink(missing_ok=True)
-    return stopped
+    return identity is not None
+
+
+KILL_WAIT_S = 5.0
+
+
+class ProcessStuck(RuntimeError):
+    """A process survived SIGKILL for several seconds."""
+
+
+def _signal_and_wait(identity: ProcessIdentity, sig: int, wait_s: float) -> bool:
+    """Send ``sig``; True once the process is gone (within ``wait_s``)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(identity.pid, sig)
+    deadline = time.monotonic() + wait_s
+    while process_start_ticks(identity.pid) == identity.start_ticks:
+        reap(identity.pid)
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def reap(pid: int) -> None:
