@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from metalbus.contracts.base import Message, examples
-from metalbus.contracts.common import SystemId
+from metalbus.contracts.common import IdempotencyKey, SystemId
 from metalbus.contracts.machines import PowerType
 
 
@@ -25,7 +25,11 @@ class PowerState(StrEnum):
 
 
 class PowerCommand(Message):
-    """Sent on ``rack.<rack_id>.power.command``; ``secrets`` travel only here and are never logged."""
+    """Sent on ``rack.<rack_id>.power.command``; ``secrets`` travel only here and are never logged.
+
+    ``idempotency_key`` names one power operation: a rack that sees the same key again (the region retried after
+    a lost reply) answers with the state it reached instead of acting twice.
+    """
 
     model_config = examples(
         {
@@ -35,6 +39,7 @@ class PowerCommand(Message):
             "power_type": "ipmi",
             "parameters": {"address": "10.0.0.21", "port": 623, "username": "admin"},
             "secrets": {"password": "s3cret"},
+            "idempotency_key": "power-x7kq2m-on-5f0c1d2e",
         }
     )
 
@@ -43,6 +48,7 @@ class PowerCommand(Message):
     power_type: PowerType
     parameters: dict[str, Any] = Field(default_factory=dict)
     secrets: dict[str, str] = Field(default_factory=dict, repr=False)
+    idempotency_key: IdempotencyKey | None = None
 
 
 class PowerResult(Message):
@@ -53,11 +59,14 @@ class PowerResult(Message):
 
 
 class PowerEvent(Message):
-    """On ``events.power.<system_id>``."""
+    """On ``events.power.<system_id>``: a power command's outcome. ``error`` says why it failed (no rack reaches
+    the BMC, no rack answered, the BMC refused); then ``state`` is unknown. ``rack_id`` is the rack that answered."""
 
     model_config = examples(
         {"schema_version": 1, "sequence": 3, "system_id": "x7kq2m", "action": "on", "state": "on", "rack_id": "rack-1",
-         "at": "2026-11-25T06:00:00Z"}
+         "at": "2026-11-25T06:00:00Z", "error": None},
+        {"schema_version": 1, "sequence": 4, "system_id": "x7kq2m", "action": "on", "state": "unknown",
+         "rack_id": None, "at": "2026-11-25T06:00:01Z", "error": "no healthy rack reaches BMC 10.0.0.21"},
     )  # fmt: skip
 
     sequence: int
@@ -66,3 +75,4 @@ class PowerEvent(Message):
     state: PowerState
     rack_id: str | None
     at: datetime
+    error: str | None = None
