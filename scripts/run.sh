@@ -7,7 +7,10 @@ bash scripts/setup.sh
 .venv/bin/metalbus up "$@"
 state_args=()
 for ((i = 1; i <= $#; i++)); do
-  if [ "${!i}" = "--state-dir" ]; then j=$((i + 1)); state_args=(--state-dir "${!j}"); fi
+  case "${!i}" in
+    --state-dir) j=$((i + 1)); state_args=(--state-dir "${!j}") ;;
+    --state-dir=*) state_args=("${!i}") ;;
+  esac
 done
 .venv/bin/metalbus status "${state_args[@]}"
 echo "Stop it with: .venv/bin/metalbus down ${state_args[*]}"

@@ -26,15 +26,25 @@ if [ "$need_apt" = 1 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # policy-rc.d keeps Debian's postinst from starting a system PostgreSQL on 5432: metalbus runs its own.
+  # The trap removes it however apt-get ends, so no later daemon start on this host is blocked.
+  remove_policy() {
+    [ "$(readlink /usr/sbin/policy-rc.d 2>/dev/null)" = policy-rc.d.metalbus ] && rm -f /usr/sbin/policy-rc.d
+    rm -f /usr/sbin/policy-rc.d.metalbus
+  }
+  trap remove_policy EXIT
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.metalbus
   chmod +x /usr/sbin/policy-rc.d.metalbus
   [ -e /usr/sbin/policy-rc.d ] || ln -s policy-rc.d.metalbus /usr/sbin/policy-rc.d
   apt-get install -y -qq --no-install-recommends "${debian_packages[@]}" >/dev/null
-  [ "$(readlink /usr/sbin/policy-rc.d 2>/dev/null)" = policy-rc.d.metalbus ] && rm -f /usr/sbin/policy-rc.d
-  rm -f /usr/sbin/policy-rc.d.metalbus
+  remove_policy
+  trap - EXIT
 fi
 
-[ -x .venv/bin/python ] || "$python" -m venv .venv
+# A venv made before python3-venv was installed has no pip: make it again.
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  rm -rf .venv
+  "$python" -m venv .venv
+fi
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "$with_test" = 1 ]; then
   .venv/bin/python -m pip install -q -e '.[test]'

@@ -4,15 +4,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 import httpx
 
 from metalbus.bus import Bus
 from metalbus.contracts.racks import RackServiceKind
 from metalbus.rack_presence import RackServiceSettings, keep_present
+from metalbus.subjects import RACK_ANNOUNCE
 from metalbus_api.app import create_app
 from metalbus_api.settings import ApiSettings
 from tests.conftest import NatsServer
-from tests.integration.test_region import eventually, running_region
+from tests.integration.test_region import ANNOUNCEMENT, eventually, running_region
 
 
 @asynccontextmanager
@@ -59,3 +61,22 @@ async def test_with_region_and_a_present_rack_health_is_200_ok(nats_server: Nats
     [rack_status] = body["racks"]
     assert rack_status["rack_id"] == "rack-3"
     assert [(s["service"], s["healthy"]) for s in rack_status["services"]] == [("rack-power", True)]
+
+
+async def test_a_silent_rack_service_makes_health_503_degraded(nats_server: NatsServer, database_dsn: str) -> None:
+    async with running_region(nats_server, database_dsn, "r1"), api_client(nats_server) as client:
+        bus = await Bus.connect(nats_server.options("rack"))
+        try:
+            await eventually(lambda: bus.request(RACK_ANNOUNCE, ANNOUNCEMENT, timeout=2), lambda a: True)
+        finally:
+            await bus.drain()
+        assert (await client.get("/api/v1/health")).status_code == 200
+        conn = await asyncpg.connect(database_dsn)
+        try:
+            await conn.execute("UPDATE rack_services SET last_seen = now() - interval '1 hour'")
+        finally:
+            await conn.close()
+        response = await client.get("/api/v1/health")
+    assert response.status_code == 503
+    assert response.json()["status"] == "degraded"
+    assert response.json()["racks"][0]["services"][0]["healthy"] is False

@@ -100,11 +100,21 @@ async def test_slow_handler_gives_typed_timeout_after_the_explicit_timeout(bus: 
 
 
 async def test_slow_request_does_not_hold_up_the_next(bus: Bus) -> None:
-    await bus.serve(GREET, greet)
+    slow_started, release_slow = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: Greeting) -> Answer:
+        if request.name == "slow":
+            slow_started.set()
+            await release_slow.wait()
+        return Answer(text=f"hello {request.name}")
+
+    await bus.serve(GREET, handler)
     slow = asyncio.create_task(bus.request(GREET, Greeting(name="slow"), timeout=5))
-    await asyncio.sleep(0.05)
-    fast = await bus.request(GREET, Greeting(name="quick"), timeout=1)
+    await asyncio.wait_for(slow_started.wait(), timeout=2)
+    fast = await bus.request(GREET, Greeting(name="quick"), timeout=1)  # answered while "slow" still runs
     assert fast.text == "hello quick"
+    assert not slow.done()
+    release_slow.set()
     assert (await slow).text == "hello slow"
 
 

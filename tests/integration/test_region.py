@@ -164,3 +164,19 @@ async def test_a_region_with_a_rack_secret_refuses_racks_without_it(
         welcome = ANNOUNCEMENT.model_copy(update={"shared_secret": "the-lab-secret"})
         assert (await bus.request(RACK_ANNOUNCE, welcome, timeout=2)).known
         assert [r.rack_id for r in (await bus.request(RACK_LIST, RackListQuery(), timeout=2)).racks] == ["rack-7"]
+
+
+async def test_a_rack_service_not_heard_from_within_three_intervals_is_unhealthy(
+    nats_server: NatsServer, database_dsn: str, bus: Bus
+) -> None:
+    async with running_region(nats_server, database_dsn, "r1"):
+        await eventually(lambda: bus.request(RACK_ANNOUNCE, ANNOUNCEMENT, timeout=2), lambda a: True)
+        conn = await asyncpg.connect(database_dsn)
+        try:
+            # heartbeat_interval_s is 30: 89 s of silence is still healthy, 91 s is not.
+            await conn.execute("UPDATE rack_services SET last_seen = now() - interval '89 seconds'")
+            assert (await bus.request(RACK_LIST, RackListQuery(), timeout=2)).racks[0].services[0].healthy
+            await conn.execute("UPDATE rack_services SET last_seen = now() - interval '91 seconds'")
+            assert not (await bus.request(RACK_LIST, RackListQuery(), timeout=2)).racks[0].services[0].healthy
+        finally:
+            await conn.close()

@@ -1,7 +1,8 @@
 """Pid files name a process by pid and start time, so a recycled pid is never mistaken for ours."""
 
-import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from metalbus.stack.processes import (
@@ -26,17 +27,23 @@ def test_started_process_is_running_until_stopped(tmp_path: Path) -> None:
     identity = running_identity(pid_file)
     assert identity is not None and identity.pid == child.pid
     assert stop_process(pid_file) is True
-    assert child.wait(timeout=5) == -signal.SIGTERM
+    assert process_start_ticks(child.pid) is None, "gone, not a zombie"
     assert running_identity(pid_file) is None
     assert not pid_file.exists()
 
 
 def test_a_recycled_pid_is_not_ours(tmp_path: Path) -> None:
-    pid_file = tmp_path / "stale.pid"
-    me = ProcessIdentity(pid=1, start_ticks=(process_start_ticks(1) or 0) + 12345)
-    pid_file.write_text(me.serialise())
-    assert running_identity(pid_file) is None
-    assert stop_process(pid_file) is False, "pid 1 must not be signalled"
+    bystander = subprocess.Popen(SLEEPER)
+    try:
+        pid_file = tmp_path / "stale.pid"
+        recycled = ProcessIdentity(pid=bystander.pid, start_ticks=(process_start_ticks(bystander.pid) or 0) + 12345)
+        pid_file.write_text(recycled.serialise())
+        assert running_identity(pid_file) is None
+        assert stop_process(pid_file) is False
+        assert bystander.poll() is None, "a process that merely reuses the pid is never signalled"
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 
 def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path: Path) -> None:
@@ -44,5 +51,7 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path: P
     child = start_detached(STUBBORN, log_path=log, pid_path=pid_file, env={})
     while "ready" not in log.read_text():
         assert child.poll() is None
+    began = time.monotonic()
     assert stop_process(pid_file, grace_s=0.3) is True
-    assert child.wait(timeout=5) == -signal.SIGKILL
+    assert time.monotonic() - began >= 0.3, "SIGTERM was ignored, so only SIGKILL after the grace ended it"
+    assert process_start_ticks(child.pid) is None

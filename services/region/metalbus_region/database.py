@@ -13,7 +13,7 @@ import structlog
 
 from metalbus.bus import backoff_delays
 from metalbus.contracts.errors import Unavailable
-from metalbus.db.migrate import MigrationError, apply_migrations, current_level
+from metalbus.db.migrate import MigrationError, MigrationReport, apply_migrations, current_level
 from metalbus.db.pool import UNAVAILABLE_ERRORS, DbConnection, create_pool, database_errors_as_unavailable
 
 log = structlog.get_logger("metalbus.region.database")
@@ -43,8 +43,7 @@ class Database:
         self._opened = pool
         for delay in backoff_delays(0.2, 5.0):
             try:
-                async with pool.acquire(timeout=self._timeout_s) as conn:
-                    report = await apply_migrations(conn)
+                report = await self._migrate_on_own_connection()
             except MigrationError as error:
                 self.failure = f"migrations refused: {error}"
                 log.error("database.migration_refused", error=str(error))
@@ -58,6 +57,15 @@ class Database:
             self._pool = pool
             self.ready.set()
             return
+
+    async def _migrate_on_own_connection(self) -> MigrationReport:
+        """Migrations run on a connection of their own, without the pool's per-statement timeout: a long
+        migration (an index on a big table) or another replica holding the migration lock may take a while."""
+        conn = await asyncpg.connect(self._dsn, timeout=self._timeout_s)
+        try:
+            return await apply_migrations(conn)
+        finally:
+            await conn.close()
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[DbConnection]:
