@@ -1,12 +1,28 @@
 """Boot decisions: what a PXE-booting machine gets (purpose, kernel, initrd, squashfs, command line)."""
 
 from ipaddress import IPv4Address
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from metalbus.contracts.base import Message, examples
 from metalbus.contracts.common import Architecture, MacAddress, SystemId
 from metalbus.contracts.machines import BootPurpose
+
+# Characters that GRUB or a shell would treat specially in a path inside a bootloader config.
+_MANGLED = frozenset("\\\"'$;{}|&<>*?[]#")
+
+
+def relative_boot_path(value: str) -> str:
+    """A path under the rack's boot root: relative, no ``..``, no whitespace (it goes into bootloader configs)."""
+    if not value or value.startswith("/") or any(part in {"", ".", ".."} for part in value.split("/")):
+        raise ValueError(f"not a plain relative path under the boot root: {value!r}")
+    if any(char.isspace() or not char.isprintable() or char in _MANGLED for char in value):
+        raise ValueError(f"boot path holds a character bootloaders would mangle: {value!r}")
+    return value
+
+
+BootPath = Annotated[str, Field(max_length=255), AfterValidator(relative_boot_path)]
 
 _RESOURCE = {
     "schema_version": 1,
@@ -26,10 +42,15 @@ class BootResource(Message):
 
     architecture: Architecture
     purpose: BootPurpose
-    kernel: str
-    initrd: str
-    squashfs: str | None = None
-    kernel_params: str = ""
+    kernel: BootPath
+    initrd: BootPath
+    squashfs: BootPath | None = None
+    kernel_params: str = Field(
+        default="",
+        max_length=1024,
+        pattern=r"^[^\x00-\x1f\x7f]*$",
+        description="Put first on the command line; metalbus adds its own metalbus.* parameters after them.",
+    )
 
 
 class BootResourceListQuery(Message):
@@ -62,6 +83,9 @@ class BootConfigQuery(Message):
 
 
 class BootConfig(Message):
+    """What the machine boots; the command line's metalbus.* parameters are described in the region's
+    ``kernel_command_line`` module (purpose, system id, metadata URL on the rack, the machine's credentials)."""
+
     model_config = examples(
         {
             "schema_version": 1,
@@ -70,7 +94,11 @@ class BootConfig(Message):
             "kernel": "images/amd64/ephemeral/vmlinuz",
             "initrd": "images/amd64/ephemeral/initrd.img",
             "squashfs": "images/amd64/ephemeral/squashfs",
-            "kernel_command_line": "console=ttyS0,115200 metalbus.url=http://10.20.0.2:5248/MAAS/metadata/",
+            "kernel_command_line": (
+                "console=ttyS0,115200 metalbus.purpose=commissioning metalbus.system_id=x7kq2m "
+                "metalbus.metadata_url=http://10.20.0.2:5248/MAAS/metadata/ metalbus.consumer_key=cKey1234567890abcdef "
+                "metalbus.token_key=tKey1234567890abcdef metalbus.token_secret=s3cr3t"
+            ),
         }
     )
 

@@ -6,13 +6,19 @@ HTTP into these requests and the region answers only for the token's own machine
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from metalbus.contracts.base import Message, examples
-from metalbus.contracts.common import SystemId
+from metalbus.contracts.common import MacAddress, SystemId
 from metalbus.contracts.machines import MachineStatus
+
+# The script result whose output is the machine's HardwareInventory (JSON on stdout, or its ``result``).
+INVENTORY_RESULT_NAME = "metalbus-inventory"
+
+# Counts and sizes are stored as PostgreSQL integers.
+_INT32_MAX = 2**31 - 1
 
 _CREDENTIALS = {
     "consumer_key": "cKey1234567890abcdef",
@@ -69,7 +75,7 @@ class ScriptResult(Message):
             "schema_version": 1,
             "name": "metalbus-inventory",
             "exit_status": 0,
-            "stdout": '{"cpu": {"model": "QEMU Virtual CPU", "count": 2, "speed_mhz": 2000}}',
+            "stdout": '{"cpu_model": "QEMU Virtual CPU", "cpu_count": 2, "memory_mib": 2048}',
             "stderr": "",
             "result": None,
             "runtime_s": 1.5,
@@ -77,7 +83,7 @@ class ScriptResult(Message):
     )
 
     name: str = Field(min_length=1, max_length=255)
-    exit_status: int
+    exit_status: int = Field(ge=-(2**31), le=_INT32_MAX)
     stdout: str = Field(default="", max_length=4 * 1024 * 1024)
     stderr: str = Field(default="", max_length=4 * 1024 * 1024)
     result: dict[str, Any] | None = None
@@ -124,10 +130,10 @@ class NetworkInterface(Message):
         {"schema_version": 1, "name": "eth0", "mac": "52:54:00:12:34:56", "link_up": True, "speed_mbps": 1000}
     )
 
-    name: str
-    mac: str
+    name: str = Field(min_length=1, max_length=64)
+    mac: MacAddress
     link_up: bool = False
-    speed_mbps: int | None = None
+    speed_mbps: int | None = Field(default=None, ge=0, le=_INT32_MAX)
 
 
 class LldpNeighbour(Message):
@@ -143,7 +149,10 @@ class LldpNeighbour(Message):
 
 
 class HardwareInventory(Message):
-    """What commissioning learnt: the ``metalbus-inventory`` script prints this as JSON."""
+    """What commissioning learnt: the ``metalbus-inventory`` script prints this as JSON.
+
+    Interface names are unique (they key the region's interface rows); so are block device names.
+    """
 
     model_config = examples(
         {
@@ -158,13 +167,24 @@ class HardwareInventory(Message):
         }
     )
 
-    cpu_model: str
-    cpu_count: int = Field(ge=1)
-    cpu_speed_mhz: int | None = None
-    memory_mib: int = Field(ge=1)
+    cpu_model: str = Field(max_length=255)
+    cpu_count: int = Field(ge=1, le=_INT32_MAX)
+    cpu_speed_mhz: int | None = Field(default=None, ge=0, le=_INT32_MAX)
+    memory_mib: int = Field(ge=1, le=_INT32_MAX)
     block_devices: list[BlockDevice] = Field(default_factory=list)
     interfaces: list[NetworkInterface] = Field(default_factory=list)
     lldp_neighbours: list[LldpNeighbour] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Self:
+        for kind, names in (
+            ("interface", [interface.name for interface in self.interfaces]),
+            ("block device", [device.name for device in self.block_devices]),
+        ):
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:
+                raise ValueError(f"{kind} names repeat: {', '.join(repeated)}")
+        return self
 
 
 class ResultEvent(Message):

@@ -45,6 +45,8 @@ CREATE TABLE machine_interfaces (
     speed_mbps integer,
     PRIMARY KEY (system_id, name)
 );
+-- A PXE boot from any NIC of a known machine must find that machine, not enlist a new one.
+CREATE INDEX machine_interfaces_by_mac ON machine_interfaces (mac);
 
 CREATE TABLE subnets (
     subnet_id     bigserial PRIMARY KEY,
@@ -57,7 +59,9 @@ CREATE TABLE subnets (
     lease_time_s  integer NOT NULL DEFAULT 600 CHECK (lease_time_s > 0),
     domain        text NOT NULL DEFAULT 'maas.internal',
     CHECK ((dynamic_start IS NULL) = (dynamic_end IS NULL)),
-    CHECK (dynamic_start IS NULL OR (dynamic_start << cidr AND dynamic_end << cidr AND dynamic_start <= dynamic_end))
+    CHECK (dynamic_start IS NULL OR (dynamic_start << cidr AND dynamic_end << cidr AND dynamic_start <= dynamic_end)),
+    -- One address space: a link address or a lease address selects at most one subnet.
+    CONSTRAINT subnets_do_not_overlap EXCLUDE USING gist (cidr inet_ops WITH &&)
 );
 
 CREATE TABLE reserved_ips (
@@ -83,6 +87,8 @@ CREATE TABLE leases (
 CREATE UNIQUE INDEX leases_one_holder_per_ip ON leases (ip) WHERE state IN ('offered', 'bound', 'declined');
 CREATE UNIQUE INDEX leases_one_active_per_mac ON leases (subnet_id, mac) WHERE state IN ('offered', 'bound');
 CREATE INDEX leases_history_by_mac ON leases (mac, updated_at DESC);
+-- Finding stale holders to expire, and the held addresses of one subnet.
+CREATE INDEX leases_holders_by_expiry ON leases (subnet_id, expires_at) WHERE state IN ('offered', 'bound', 'declined');
 
 CREATE TABLE boot_resources (
     architecture  text NOT NULL,
