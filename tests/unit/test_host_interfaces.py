@@ -25,4 +25,3 @@ def test_several_addresses_on_several_links_and_ipv6_ignored() -> None:
 
 def test_empty_output_means_no_interfaces() -> None:
     assert parse_ip_addr_json(b"") == []
-
