@@ -56,12 +56,15 @@ async def keep_present(
         interfaces=host_interfaces.detect() if settings.interfaces is None else settings.interfaces,
         shared_secret=settings.shared_secret,
     )
-    heartbeat = RackServiceHeartbeat(rack_id=settings.rack_id, service=kind)
+    heartbeat = RackServiceHeartbeat(rack_id=settings.rack_id, service=kind)  # the identity comes with the ack
     announced = False
     while not stop.is_set():
         try:
             if not announced:
-                await bus.request(RACK_ANNOUNCE, announcement, timeout=settings.request_timeout_s)
+                ack = await bus.request(RACK_ANNOUNCE, announcement, timeout=settings.request_timeout_s)
+                heartbeat = RackServiceHeartbeat(
+                    rack_id=settings.rack_id, service=kind, service_token=ack.service_token
+                )
                 announced = True
                 log.info("rack.announced", rack_id=settings.rack_id, service=kind.value)
             else:

@@ -101,9 +101,11 @@ async def test_announced_rack_service_is_stored_listed_and_published(
 ) -> None:
     async with running_region(nats_server, database_dsn, "r1"):
         ack = await eventually(lambda: bus.request(RACK_ANNOUNCE, ANNOUNCEMENT, timeout=2), lambda a: True)
-        assert ack.known
+        assert ack.known and ack.service_token
         heartbeat = await bus.request(
-            RACK_HEARTBEAT, RackServiceHeartbeat(rack_id="rack-7", service=RackServiceKind.DHCP), timeout=2
+            RACK_HEARTBEAT,
+            RackServiceHeartbeat(rack_id="rack-7", service=RackServiceKind.DHCP, service_token=ack.service_token),
+            timeout=2,
         )
         assert heartbeat.known
         racks = (await bus.request(RACK_LIST, RackListQuery(), timeout=2)).racks
@@ -178,5 +180,28 @@ async def test_a_rack_service_not_heard_from_within_three_intervals_is_unhealthy
             assert (await bus.request(RACK_LIST, RackListQuery(), timeout=2)).racks[0].services[0].healthy
             await conn.execute("UPDATE rack_services SET last_seen = now() - interval '91 seconds'")
             assert not (await bus.request(RACK_LIST, RackListQuery(), timeout=2)).racks[0].services[0].healthy
+        finally:
+            await conn.close()
+
+
+async def test_a_heartbeat_without_the_identity_issued_at_announce_is_not_taken(
+    nats_server: NatsServer, database_dsn: str, bus: Bus
+) -> None:
+    async with running_region(nats_server, database_dsn, "r1"):
+        ack = await eventually(lambda: bus.request(RACK_ANNOUNCE, ANNOUNCEMENT, timeout=2), lambda a: True)
+        conn = await asyncpg.connect(database_dsn)
+        try:
+            await conn.execute("UPDATE rack_services SET last_seen = now() - interval '1 hour'")
+            for forged in (None, "guessed-token", ack.service_token + "x"):
+                heartbeat = RackServiceHeartbeat(rack_id="rack-7", service=RackServiceKind.DHCP, service_token=forged)
+                assert not (await bus.request(RACK_HEARTBEAT, heartbeat, timeout=2)).known
+            stale = await conn.fetchval("SELECT now() - last_seen > interval '59 minutes' FROM rack_services")
+            assert stale, "a forged heartbeat keeps nothing alive"
+            again = await bus.request(RACK_ANNOUNCE, ANNOUNCEMENT, timeout=2)
+            assert again.service_token != ack.service_token, "a new announce gets a new identity"
+            heartbeat = RackServiceHeartbeat(
+                rack_id="rack-7", service=RackServiceKind.DHCP, service_token=again.service_token
+            )
+            assert (await bus.request(RACK_HEARTBEAT, heartbeat, timeout=2)).known
         finally:
             await conn.close()

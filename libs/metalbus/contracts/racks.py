@@ -48,18 +48,23 @@ class RackServiceAnnouncement(Message):
 
 
 class RackServiceHeartbeat(Message):
-    model_config = examples({"schema_version": 1, "rack_id": "rack-1", "service": "rack-tftp"})
+    model_config = examples(
+        {"schema_version": 1, "rack_id": "rack-1", "service": "rack-tftp", "service_token": "issued-at-announce"}
+    )
 
     rack_id: str = Field(pattern=RACK_ID_PATTERN)
     service: RackServiceKind
+    service_token: str | None = Field(default=None, repr=False, description="The identity the announce issued.")
 
 
 class RackServiceAck(Message):
-    """The region's receipt. ``known`` false on a heartbeat means: announce yourself again."""
+    """The region's receipt. An announce is answered with the service's own identity (``service_token``), which
+    its heartbeats must carry; ``known`` false on a heartbeat means: announce yourself again."""
 
-    model_config = examples({"schema_version": 1, "known": True})
+    model_config = examples({"schema_version": 1, "known": True, "service_token": "issued-at-announce"})
 
     known: bool
+    service_token: str | None = Field(default=None, repr=False)
 
 
 class RackListQuery(Message):

@@ -1,6 +1,7 @@
 """The region's answers about itself and its racks: health, roll call, rack announce/heartbeat/list."""
 
 import hmac
+import secrets
 
 from metalbus import __version__
 from metalbus.contracts.errors import Forbidden
@@ -67,7 +68,8 @@ class RegionHandlers:
         ):
             raise Forbidden(f"rack {announcement.rack_id} did not present the region's rack secret")
         async with self.database.connection() as conn, conn.transaction():
-            await rack_store.record_announcement(conn, announcement)
+            service_token = secrets.token_urlsafe(24)
+            await rack_store.record_announcement(conn, announcement, service_token)
             await record_event(
                 conn,
                 EVENT_RACK_SERVICE,
@@ -81,7 +83,7 @@ class RegionHandlers:
                 rack_id=announcement.rack_id,
             )
         self.outbox.wake()
-        return RackServiceAck(known=True)
+        return RackServiceAck(known=True, service_token=service_token)
 
     async def heartbeat(self, heartbeat: RackServiceHeartbeat) -> RackServiceAck:
         async with self.database.connection() as conn:

@@ -1,5 +1,6 @@
 """What the region keeps about racks in PostgreSQL: announcements, heartbeats, and the list."""
 
+import hashlib
 from datetime import datetime
 from ipaddress import IPv4Interface
 
@@ -16,20 +17,27 @@ from metalbus.db.pool import DbConnection
 HEALTHY_WITHIN_INTERVALS = 3
 
 
-async def record_announcement(conn: DbConnection, announcement: RackServiceAnnouncement) -> datetime:
-    """Upsert the rack and its service; returns the time the database recorded."""
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def record_announcement(
+    conn: DbConnection, announcement: RackServiceAnnouncement, service_token: str
+) -> datetime:
+    """Upsert the rack and its service with the identity just issued to it; returns the database's time."""
     async with conn.transaction():
         await conn.execute(
             "INSERT INTO racks (rack_id) VALUES ($1) ON CONFLICT (rack_id) DO NOTHING", announcement.rack_id
         )
         recorded: datetime = await conn.fetchval(
             """
-            INSERT INTO rack_services (rack_id, service, hostname, version, heartbeat_interval_s, interfaces)
-            VALUES ($1, $2, $3, $4, $5, $6::inet[])
+            INSERT INTO rack_services (rack_id, service, hostname, version, heartbeat_interval_s, interfaces,
+                                       token_sha256)
+            VALUES ($1, $2, $3, $4, $5, $6::inet[], $7)
             ON CONFLICT (rack_id, service) DO UPDATE
                SET hostname = excluded.hostname, version = excluded.version,
                    heartbeat_interval_s = excluded.heartbeat_interval_s, interfaces = excluded.interfaces,
-                   last_seen = now()
+                   token_sha256 = excluded.token_sha256, last_seen = now()
             RETURNING last_seen
             """,
             announcement.rack_id,
@@ -38,16 +46,19 @@ async def record_announcement(conn: DbConnection, announcement: RackServiceAnnou
             announcement.version,
             announcement.heartbeat_interval_s,
             [str(interface) for interface in announcement.interfaces],
+            token_digest(service_token),
         )
     return recorded
 
 
 async def record_heartbeat(conn: DbConnection, heartbeat: RackServiceHeartbeat) -> bool:
-    """Touch last_seen; False if the region has never heard of this rack service."""
+    """Touch last_seen; False if the region does not know this rack service or the heartbeat does not carry
+    the identity its announce was given (then it must announce itself again, with the shared secret)."""
     status = await conn.execute(
-        "UPDATE rack_services SET last_seen = now() WHERE rack_id = $1 AND service = $2",
+        "UPDATE rack_services SET last_seen = now() WHERE rack_id = $1 AND service = $2 AND token_sha256 = $3",
         heartbeat.rack_id,
         heartbeat.service.value,
+        token_digest(heartbeat.service_token or ""),
     )
     return bool(status == "UPDATE 1")
 
