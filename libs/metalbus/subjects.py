@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from string import Formatter
 from typing import Generic, TypeVar
 
+from metalbus.contracts.apikeys import ApiKeyCheck, ApiKeyCreate, ApiKeyCreated, ApiKeyIdentity
 from metalbus.contracts.base import Message
 from metalbus.contracts.boot import (
     BootConfig,
@@ -23,6 +24,8 @@ from metalbus.contracts.leases import (
     LeaseAck,
     LeaseCommitRequest,
     LeaseEvent,
+    LeaseList,
+    LeaseListQuery,
     LeaseOffer,
     LeaseOfferRequest,
     LeaseReleaseRequest,
@@ -32,18 +35,29 @@ from metalbus.contracts.leases import (
     SubnetCreate,
     SubnetList,
     SubnetListQuery,
+    SubnetUpdate,
 )
 from metalbus.contracts.machines import (
     Machine,
     MachineActionRequest,
     MachineCreate,
+    MachineDeleted,
     MachineEvent,
     MachineList,
     MachineListQuery,
     MachineQuery,
+    MachineUpdate,
 )
-from metalbus.contracts.metadata import MetadataRead, MetadataSignal, MetadataValue, ResultEvent, SignalAck
-from metalbus.contracts.power import PowerCommand, PowerEvent, PowerResult
+from metalbus.contracts.metadata import (
+    HardwareInventory,
+    MetadataRead,
+    MetadataSignal,
+    MetadataValue,
+    ResultEvent,
+    ScriptResultList,
+    SignalAck,
+)
+from metalbus.contracts.power import MachinePowerRequest, PowerCommand, PowerEvent, PowerResult
 from metalbus.contracts.racks import (
     RackList,
     RackListQuery,
@@ -180,9 +194,40 @@ MACHINE_ACTION = RequestSubject(
     "commission / abort / mark_broken / mark_fixed; a status that does not allow it is invalid_transition.",
 )
 
+MACHINE_UPDATE = RequestSubject(
+    "region.machines.update", MachineUpdate, Machine, "Change hostname, architecture, boot MAC or power settings."
+)
+MACHINE_DELETE = RequestSubject(
+    "region.machines.delete", MachineQuery, MachineDeleted, "Remove a machine (not while it is commissioning)."
+)
+MACHINE_POWER = RequestSubject(
+    "region.machines.power",
+    MachinePowerRequest,
+    PowerResult,
+    "Power a machine on/off/cycle or query it, through a rack that reaches its BMC.",
+)
+MACHINE_INVENTORY = RequestSubject(
+    "region.machines.inventory", MachineQuery, HardwareInventory, "What commissioning learnt about a machine."
+)
+MACHINE_RESULTS = RequestSubject(
+    "region.machines.results", MachineQuery, ScriptResultList, "A machine's commissioning script results."
+)
+
+# -- region: API keys (asked by the api and by `metalbus admin`) ----------------------------------------
+API_KEY_CREATE = RequestSubject(
+    "region.apikeys.create", ApiKeyCreate, ApiKeyCreated, "Make an API key; the whole key is shown only here."
+)
+API_KEY_CHECK = RequestSubject(
+    "region.apikeys.check", ApiKeyCheck, ApiKeyIdentity, "Whose key is this? forbidden if nobody's."
+)
+
 # -- region: subnets and leases (asked by rack-dhcp) ----------------------------------------------------
 SUBNET_CREATE = RequestSubject("region.subnets.create", SubnetCreate, Subnet, "Add a subnet and its ranges.")
 SUBNET_LIST = RequestSubject("region.subnets.list", SubnetListQuery, SubnetList, "Every subnet.")
+SUBNET_UPDATE = RequestSubject(
+    "region.subnets.update", SubnetUpdate, Subnet, "Change a subnet's dynamic range and options."
+)
+LEASE_LIST = RequestSubject("region.leases.list", LeaseListQuery, LeaseList, "Leases, by subnet or MAC.")
 LEASE_OFFER = RequestSubject(
     "region.leases.offer", LeaseOfferRequest, LeaseOffer, "DHCPDISCOVER: reserve an address for a MAC."
 )
@@ -271,8 +316,17 @@ REQUEST_SUBJECTS: tuple[RequestSubject[Message, Message], ...] = (
     MACHINE_GET,
     MACHINE_LIST,
     MACHINE_ACTION,
+    MACHINE_UPDATE,
+    MACHINE_DELETE,
+    MACHINE_POWER,
+    MACHINE_INVENTORY,
+    MACHINE_RESULTS,
+    API_KEY_CREATE,
+    API_KEY_CHECK,
     SUBNET_CREATE,
     SUBNET_LIST,
+    SUBNET_UPDATE,
+    LEASE_LIST,
     LEASE_OFFER,
     LEASE_COMMIT,
     LEASE_RENEW,

@@ -185,3 +185,34 @@ class LeaseEvent(Message):
     sequence: int
     lease: Lease
     at: datetime
+
+
+class SubnetUpdate(Message):
+    """Change a subnet's dynamic range (and options); fields left out (None) stay as they are."""
+
+    model_config = examples(
+        {"schema_version": 1, "subnet_id": 1, "dynamic_start": "10.20.0.120", "dynamic_end": "10.20.0.199",
+         "gateway": None, "dns_servers": None, "lease_time_s": None, "managed": None}
+    )  # fmt: skip
+
+    subnet_id: int
+    dynamic_start: IPv4Address | None = None
+    dynamic_end: IPv4Address | None = None
+    gateway: IPv4Address | None = None
+    dns_servers: list[IPv4Address] | None = None
+    lease_time_s: int | None = Field(default=None, ge=30, le=7 * 24 * 3600)
+    managed: bool | None = None
+
+
+class LeaseListQuery(Message):
+    model_config = examples({"schema_version": 1, "subnet_id": 1, "mac": None, "active_only": True})
+
+    subnet_id: int | None = None
+    mac: MacAddress | None = None
+    active_only: bool = Field(default=True, description="Only unexpired offered/bound/declined leases.")
+
+
+class LeaseList(Message):
+    model_config = examples({"schema_version": 1, "leases": [_LEASE]})
+
+    leases: list[Lease]

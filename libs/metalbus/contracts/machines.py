@@ -115,15 +115,59 @@ class MachineQuery(Message):
 
 
 class MachineListQuery(Message):
-    model_config = examples({"schema_version": 1, "status": "ready"})
+    """Filters combine with AND; results are ordered by hostname, then system id, and paged."""
+
+    model_config = examples(
+        {"schema_version": 1, "status": "ready", "hostname": None, "architecture": None, "offset": 0, "limit": 100}
+    )
 
     status: MachineStatus | None = None
+    hostname: str | None = Field(default=None, max_length=255, description="Exact hostname.")
+    architecture: Architecture | None = None
+    offset: int = Field(default=0, ge=0)
+    limit: int = Field(default=100, ge=1, le=1000)
 
 
 class MachineList(Message):
-    model_config = examples({"schema_version": 1, "machines": [_MACHINE_EXAMPLE]})
+    model_config = examples({"schema_version": 1, "machines": [_MACHINE_EXAMPLE], "total": 1, "offset": 0})
 
     machines: list[Machine]
+    total: int = Field(default=0, ge=0, description="How many machines match the filters, all pages together.")
+    offset: int = Field(default=0, ge=0)
+
+
+class MachineUpdate(Message):
+    """Change a machine's identity or power settings; fields left out (None) stay as they are. New
+    ``power_secrets`` replace the stored ones; they are never returned."""
+
+    model_config = examples(
+        {
+            "schema_version": 1,
+            "system_id": "x7kq2m",
+            "hostname": "node-renamed",
+            "architecture": None,
+            "boot_mac": None,
+            "power_type": None,
+            "power_parameters": None,
+            "power_secrets": None,
+            "idempotency_key": None,
+        }
+    )
+
+    system_id: SystemId
+    hostname: str | None = Field(default=None, pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    architecture: Architecture | None = None
+    boot_mac: MacAddress | None = None
+    power_type: PowerType | None = None
+    power_parameters: dict[str, Any] | None = None
+    power_secrets: dict[str, str] | None = Field(default=None, repr=False)
+    idempotency_key: IdempotencyKey | None = None
+
+
+class MachineDeleted(Message):
+    model_config = examples({"schema_version": 1, "system_id": "x7kq2m"})
+
+    system_id: SystemId
 
 
 class MachineActionRequest(Message):

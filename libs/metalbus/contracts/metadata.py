@@ -200,3 +200,35 @@ class ResultEvent(Message):
     name: str
     exit_status: int
     at: datetime
+
+
+class StoredScriptResult(Message):
+    """A commissioning script result as the region stored it."""
+
+    model_config = examples(
+        {
+            "schema_version": 1,
+            "name": "metalbus-inventory",
+            "exit_status": 0,
+            "stdout": "{}",
+            "stderr": "",
+            "result": None,
+            "runtime_s": 1.5,
+            "recorded_at": "2026-11-25T06:00:00Z",
+        }
+    )
+
+    name: str
+    exit_status: int
+    stdout: str
+    stderr: str
+    result: dict[str, Any] | None
+    runtime_s: float | None
+    recorded_at: datetime
+
+
+class ScriptResultList(Message):
+    model_config = examples({"schema_version": 1, "system_id": "x7kq2m", "results": []})
+
+    system_id: SystemId
+    results: list[StoredScriptResult]

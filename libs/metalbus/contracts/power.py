@@ -76,3 +76,12 @@ class PowerEvent(Message):
     rack_id: str | None
     at: datetime
     error: str | None = None
+
+
+class MachinePowerRequest(Message):
+    """An operator's power action on a machine: the region picks the rack that reaches its BMC."""
+
+    model_config = examples({"schema_version": 1, "system_id": "x7kq2m", "action": "query"})
+
+    system_id: SystemId
+    action: PowerAction

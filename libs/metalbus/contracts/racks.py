@@ -92,6 +92,9 @@ class RackServiceStatus(Message):
     last_seen: datetime
     healthy: bool = Field(description="Heard from within three heartbeat intervals.")
     interfaces: list[IPv4Interface] = Field(default_factory=list)
+    served_subnet_ids: list[int] = Field(
+        default_factory=list, description="Managed subnets an interface of this service sits on."
+    )
 
 
 class RackStatus(Message):
