@@ -268,3 +268,22 @@ async def current_leases(conn: DbConnection, subnet_ids: list[int], now: datetim
         now,
     )
     return [lease_from_row(row) for row in rows]
+
+
+async def list_leases(
+    conn: DbConnection, *, subnet_id: int | None, mac: str | None, active_only: bool, now: datetime
+) -> list[Lease]:
+    """Leases of the subnet and/or the MAC (every lease if neither is given), by subnet and address, oldest
+    first; ``active_only`` keeps the unexpired holders (offered, bound, declined)."""
+    conditions: list[str] = []
+    values: list[object] = []
+    for condition, value in (("subnet_id = ${}", subnet_id), ("mac = ${}::macaddr", mac)):
+        if value is not None:
+            values.append(value)
+            conditions.append(condition.format(len(values)))
+    if active_only:
+        values.append(now)
+        conditions.append(f"state IN {HOLDING} AND expires_at > ${len(values)}")
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    rows = await conn.fetch(f"SELECT {LEASE_COLUMNS} FROM leases {where} ORDER BY subnet_id, ip, lease_id", *values)
+    return [lease_from_row(row) for row in rows]

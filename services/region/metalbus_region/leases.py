@@ -1,4 +1,5 @@
-"""The region's DHCP answers for rack-dhcp: subnets, offer/commit/renew/release/decline, and a rack's snapshot.
+"""The region's DHCP answers for rack-dhcp (subnets, offer/commit/renew/release/decline, a rack's snapshot) and
+the operator's subnet updates and lease listing.
 
 Decisions (which addresses to try and in what order, whether a request may bind an address, whether a new
 subnet makes sense) are small pure functions; the SQL lives in ``lease_store`` and ``subnet_store``. That two
@@ -19,6 +20,8 @@ from metalbus.contracts.leases import (
     LeaseAck,
     LeaseCommitRequest,
     LeaseEvent,
+    LeaseList,
+    LeaseListQuery,
     LeaseOffer,
     LeaseOfferRequest,
     LeaseReleaseRequest,
@@ -29,18 +32,21 @@ from metalbus.contracts.leases import (
     SubnetCreate,
     SubnetList,
     SubnetListQuery,
+    SubnetUpdate,
 )
 from metalbus.db.pool import DbConnection
 from metalbus.subjects import (
     EVENT_LEASE,
     LEASE_COMMIT,
     LEASE_DECLINE,
+    LEASE_LIST,
     LEASE_OFFER,
     LEASE_RELEASE,
     LEASE_RENEW,
     RACK_SNAPSHOT,
     SUBNET_CREATE,
     SUBNET_LIST,
+    SUBNET_UPDATE,
 )
 from metalbus_region import lease_store, subnet_store
 from metalbus_region.context import RegionContext, Route
@@ -84,6 +90,12 @@ def subnet_create_problem(create: SubnetCreate) -> str | None:
     if outside:
         return f"reserved addresses {', '.join(outside)} lie outside {create.cidr}"
     return None
+
+
+def updated_subnet(current: Subnet, update: SubnetUpdate) -> SubnetCreate:
+    """The subnet as ``update`` would leave it, in the shape ``subnet_create_problem`` judges."""
+    changes = update.model_dump(exclude_none=True, exclude={"schema_version", "subnet_id"})
+    return SubnetCreate.model_validate(current.model_dump(exclude={"schema_version", "subnet_id"}) | changes)
 
 
 def in_dynamic_range(subnet: Subnet, address: IPv4Address) -> bool:
@@ -167,6 +179,8 @@ class LeaseHandlers:
         return [
             (SUBNET_CREATE, self.create_subnet),
             (SUBNET_LIST, self.list_subnets),
+            (SUBNET_UPDATE, self.update_subnet),
+            (LEASE_LIST, self.list_leases),
             (LEASE_OFFER, self.offer),
             (LEASE_COMMIT, self.commit),
             (LEASE_RENEW, self.renew),
@@ -187,6 +201,27 @@ class LeaseHandlers:
     async def list_subnets(self, _: SubnetListQuery) -> SubnetList:
         async with self.ctx.database.connection() as conn:
             return SubnetList(subnets=await subnet_store.list_subnets(conn))
+
+    async def update_subnet(self, update: SubnetUpdate) -> Subnet:
+        """Checked as a new subnet would be; leases outside a narrowed range keep their address until they end."""
+        async with self.ctx.database.connection() as conn, conn.transaction():
+            current = await subnet_store.subnet_for_update(conn, update.subnet_id)
+            if current is None:
+                raise NotFound(f"no subnet {update.subnet_id}")
+            wanted = updated_subnet(current, update)
+            problem = subnet_create_problem(wanted)
+            if problem is not None:
+                raise BadRequest(f"subnet {current.cidr}: {problem}")
+            subnet = await subnet_store.update_subnet(conn, update.subnet_id, wanted)
+        log.info("subnet.updated", subnet_id=subnet.subnet_id, cidr=str(subnet.cidr))
+        return subnet
+
+    async def list_leases(self, query: LeaseListQuery) -> LeaseList:
+        async with self.ctx.database.connection() as conn:
+            leases = await lease_store.list_leases(
+                conn, subnet_id=query.subnet_id, mac=query.mac, active_only=query.active_only, now=self.ctx.clock()
+            )
+        return LeaseList(leases=leases)
 
     async def offer(self, request: LeaseOfferRequest) -> LeaseOffer:
         now = self.ctx.clock()

@@ -84,7 +84,7 @@ async def insert_machine(
         except asyncpg.UniqueViolationError as error:
             if error.constraint_name == "machines_pkey":
                 continue
-            raise Conflict(f"a machine with this {_clashing_field(error)} already exists") from error
+            raise Conflict(f"a machine with this {clashing_field(error)} already exists") from error
         except (asyncpg.InvalidTextRepresentationError, asyncpg.DataError) as error:
             raise Conflict(f"invalid machine field: {error}") from error
         assert row is not None
@@ -98,7 +98,7 @@ async def insert_machine(
     raise Conflict("could not find a free system id")
 
 
-def _clashing_field(error: asyncpg.UniqueViolationError) -> str:
+def clashing_field(error: asyncpg.UniqueViolationError) -> str:
     return {"machines_boot_mac_key": "boot MAC", "machines_hostname_key": "hostname"}.get(
         error.constraint_name or "", "identity"
     )

@@ -1,4 +1,5 @@
-"""What the region keeps about racks in PostgreSQL: announcements, heartbeats, and the list."""
+"""What the region keeps about racks in PostgreSQL: announcements, heartbeats, and the list (with the subnets each
+service serves)."""
 
 import hashlib
 from datetime import datetime
@@ -12,6 +13,7 @@ from metalbus.contracts.racks import (
     RackStatus,
 )
 from metalbus.db.pool import DbConnection
+from metalbus_region.subnet_store import serves_subnet
 
 # A service is healthy while it was heard from within this many of its own heartbeat intervals.
 HEALTHY_WITHIN_INTERVALS = 3
@@ -65,11 +67,14 @@ async def record_heartbeat(conn: DbConnection, heartbeat: RackServiceHeartbeat) 
 
 async def list_racks(conn: DbConnection) -> list[RackStatus]:
     rows = await conn.fetch(
-        """
-        SELECT rack_id, service, hostname, version, first_seen, last_seen, interfaces::text[] AS interfaces,
-               now() - last_seen <= make_interval(secs => heartbeat_interval_s * $1) AS healthy
-          FROM rack_services
-         ORDER BY rack_id, service
+        f"""
+        SELECT rs.rack_id, rs.service, rs.hostname, rs.version, rs.first_seen, rs.last_seen,
+               rs.interfaces::text[] AS interfaces,
+               now() - rs.last_seen <= make_interval(secs => rs.heartbeat_interval_s * $1) AS healthy,
+               ARRAY(SELECT s.subnet_id FROM subnets s WHERE {serves_subnet("rs", "s")} ORDER BY s.subnet_id)
+                   AS served_subnet_ids
+          FROM rack_services rs
+         ORDER BY rs.rack_id, rs.service
         """,
         HEALTHY_WITHIN_INTERVALS,
     )
@@ -84,6 +89,7 @@ async def list_racks(conn: DbConnection) -> list[RackStatus]:
                 last_seen=row["last_seen"],
                 healthy=row["healthy"],
                 interfaces=[IPv4Interface(text) for text in row["interfaces"]],
+                served_subnet_ids=list(row["served_subnet_ids"]),
             )
         )
     return [RackStatus(rack_id=rack_id, services=services) for rack_id, services in racks.items()]

@@ -1,5 +1,5 @@
-"""Commissioning results and the hardware inventory: store a script's result (and its event), read and store the
-inventory, tell whether one arrived during the current commissioning."""
+"""Commissioning results and the hardware inventory: store a script's result (and its event), store and read the
+inventory, read a machine's results, tell whether an inventory arrived during the current commissioning."""
 
 import json
 from typing import Any
@@ -7,7 +7,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from metalbus.bus import describe_validation_error
-from metalbus.contracts.metadata import HardwareInventory, ResultEvent, ScriptResult
+from metalbus.contracts.errors import NotFound
+from metalbus.contracts.metadata import (
+    HardwareInventory,
+    ResultEvent,
+    ScriptResult,
+    ScriptResultList,
+    StoredScriptResult,
+)
 from metalbus.db.pool import DbConnection
 from metalbus.subjects import EVENT_RESULT
 from metalbus_region.outbox import record_event
@@ -108,3 +115,62 @@ async def inventory_received_during_commissioning(conn: DbConnection, system_id:
         system_id,
     )
     return bool(received)
+
+
+async def read_inventory(conn: DbConnection, system_id: str) -> HardwareInventory:
+    """The machine's stored inventory; NotFound for an unknown machine or one that has none yet."""
+    row = await conn.fetchrow(
+        """
+        SELECT i.system_id IS NOT NULL AS known, i.cpu_model, i.cpu_count, i.cpu_speed_mhz, i.memory_mib,
+               i.block_devices::text AS block_devices, i.interfaces::text AS interfaces,
+               i.lldp_neighbours::text AS lldp_neighbours
+          FROM machines m LEFT JOIN hardware_inventory i USING (system_id)
+         WHERE m.system_id = $1
+        """,
+        system_id,
+    )
+    if row is None:
+        raise NotFound(f"no machine {system_id}")
+    if not row["known"]:
+        raise NotFound(f"machine {system_id} has no inventory yet: commission it")
+    return HardwareInventory(
+        cpu_model=row["cpu_model"],
+        cpu_count=row["cpu_count"],
+        cpu_speed_mhz=row["cpu_speed_mhz"],
+        memory_mib=row["memory_mib"],
+        block_devices=json.loads(row["block_devices"]),
+        interfaces=json.loads(row["interfaces"]),
+        lldp_neighbours=json.loads(row["lldp_neighbours"]),
+    )
+
+
+async def read_results(conn: DbConnection, system_id: str) -> ScriptResultList:
+    """Every stored script result of the machine, oldest first (the newest run last); NotFound if unknown."""
+    rows = await conn.fetch(
+        """
+        SELECT r.result_id, r.name, r.exit_status, r.stdout, r.stderr, r.result::text AS result, r.runtime_s,
+               r.recorded_at
+          FROM machines m LEFT JOIN commissioning_results r USING (system_id)
+         WHERE m.system_id = $1
+         ORDER BY r.recorded_at, r.result_id
+        """,
+        system_id,
+    )
+    if not rows:
+        raise NotFound(f"no machine {system_id}")
+    return ScriptResultList(
+        system_id=system_id,
+        results=[
+            StoredScriptResult(
+                name=row["name"],
+                exit_status=row["exit_status"],
+                stdout=row["stdout"],
+                stderr=row["stderr"],
+                result=None if row["result"] is None else json.loads(row["result"]),
+                runtime_s=row["runtime_s"],
+                recorded_at=row["recorded_at"],
+            )
+            for row in rows
+            if row["result_id"] is not None
+        ],
+    )

@@ -1,14 +1,23 @@
-"""What the region keeps about subnets in PostgreSQL: create, list, select by address, reservations, racks'."""
+"""What the region keeps about subnets in PostgreSQL: create, update, list, select by address, reservations, and
+which subnets a rack serves."""
 
 from ipaddress import IPv4Address
 
 import asyncpg
 
-from metalbus.contracts.errors import Conflict
+from metalbus.contracts.errors import BadRequest, Conflict
 from metalbus.contracts.leases import Subnet, SubnetCreate
 from metalbus.db.pool import DbConnection
 
 SUBNET_COLUMNS = "subnet_id, cidr, gateway, dns_servers, dynamic_start, dynamic_end, managed, lease_time_s, domain"
+
+
+def serves_subnet(service: str, subnet: str) -> str:
+    """SQL condition: the rack_services row ``service`` has an interface address inside the managed subnets row
+    ``subnet``. The one rule for "a rack serves a subnet": the rack snapshot and the rack list both use it."""
+    return f"""{subnet}.managed AND EXISTS (
+        SELECT 1 FROM unnest({service}.interfaces) AS interface (address)
+         WHERE {subnet}.cidr >>= host(interface.address)::inet)"""
 
 
 def subnet_from_row(row: asyncpg.Record) -> Subnet:
@@ -55,6 +64,39 @@ async def insert_subnet(conn: DbConnection, create: SubnetCreate) -> Subnet:
     return subnet_from_row(row)
 
 
+async def subnet_for_update(conn: DbConnection, subnet_id: int) -> Subnet | None:
+    """The subnet, locked until the caller's transaction ends; None if there is no such subnet."""
+    row = await conn.fetchrow(f"SELECT {SUBNET_COLUMNS} FROM subnets WHERE subnet_id = $1 FOR UPDATE", subnet_id)
+    return None if row is None else subnet_from_row(row)
+
+
+async def update_subnet(conn: DbConnection, subnet_id: int, settings: SubnetCreate) -> Subnet:
+    """Give the subnet these (already validated) gateway, DNS servers, dynamic range, managed flag and lease time;
+    its CIDR, domain and reservations stay."""
+    try:
+        row = await conn.fetchrow(
+            f"""
+            UPDATE subnets SET gateway = $2, dns_servers = $3, dynamic_start = $4, dynamic_end = $5, managed = $6,
+                               lease_time_s = $7
+             WHERE subnet_id = $1
+            RETURNING {SUBNET_COLUMNS}
+            """,
+            subnet_id,
+            settings.gateway,
+            settings.dns_servers,
+            settings.dynamic_start,
+            settings.dynamic_end,
+            settings.managed,
+            settings.lease_time_s,
+        )
+    except asyncpg.CheckViolationError as error:
+        raise BadRequest(
+            f"subnet {settings.cidr}: the database refused the change ({error.constraint_name})"
+        ) from error
+    assert row is not None, "the caller holds the row lock on this subnet"
+    return subnet_from_row(row)
+
+
 async def list_subnets(conn: DbConnection) -> list[Subnet]:
     rows = await conn.fetch(f"SELECT {SUBNET_COLUMNS} FROM subnets ORDER BY subnet_id")
     return [subnet_from_row(row) for row in rows]
@@ -86,9 +128,7 @@ async def subnets_of_rack(conn: DbConnection, rack_id: str) -> list[Subnet]:
     rows = await conn.fetch(
         f"""
         SELECT {SUBNET_COLUMNS} FROM subnets s
-         WHERE s.managed
-           AND EXISTS (SELECT 1 FROM rack_services rs, unnest(rs.interfaces) AS interface (address)
-                        WHERE rs.rack_id = $1 AND s.cidr >>= host(interface.address)::inet)
+         WHERE EXISTS (SELECT 1 FROM rack_services rs WHERE rs.rack_id = $1 AND {serves_subnet("rs", "s")})
          ORDER BY s.subnet_id
         """,
         rack_id,
