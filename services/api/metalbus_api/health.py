@@ -92,7 +92,11 @@ async def collect_health(bus: Bus, settings: ApiSettings) -> HealthReport:
     )
 
 
-@router.get("/api/v1/health", response_model=HealthReport)
+@router.get(
+    "/api/v1/health",
+    response_model=HealthReport,
+    responses={503: {"model": HealthReport, "description": "degraded: the same report, naming what is wrong"}},
+)
 async def get_health(request: Request, response: Response) -> HealthReport:
     """200 when everything answers, 503 (same body) when something is degraded."""
     report = await collect_health(request.app.state.bus, request.app.state.settings)

@@ -1,0 +1,1 @@
+"""Unit tests of the api: no NATS, no PostgreSQL."""
