@@ -11,6 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from metalbus.asyncapi import build_asyncapi
+from metalbus.cli import admin, events, leases, machines, profiles, racks, subnets
 from metalbus.db.migrate import MigrationError, migrate_dsn
 from metalbus.logging import configure_logging
 from metalbus.stack.config import StackLayout, StackSettings, load_record
@@ -19,6 +20,14 @@ from metalbus.stack.launcher import StackError, bring_down, bring_up, cluster_fo
 app = typer.Typer(help="metalbus: bare-metal provisioning over a NATS bus.", no_args_is_help=True)
 db_app = typer.Typer(help="Database tools.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.command("login")(profiles.login)
+app.command("logout")(profiles.logout)
+app.add_typer(machines.app, name="machines")
+app.add_typer(subnets.app, name="subnets")
+app.add_typer(racks.app, name="racks")
+app.add_typer(leases.app, name="leases")
+app.command("events")(events.show_events)
+app.add_typer(admin.app, name="admin")
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="Where the stack keeps all its state.")]
 
