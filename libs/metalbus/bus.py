@@ -225,6 +225,9 @@ class Bus:
         subscription = await self.client.subscribe(target, queue=group, cb=on_message)
         self._served.append(subscription)
         # When serve() returns, the server knows the subscription: a request sent next will reach it.
+        # nats-py queues SUB for its flusher task but writes PING straight to the socket, so a plain flush()
+        # can be answered before the SUB is even sent: first wait until the queued commands are written.
+        await self.client._flush_pending(force_flush=True)
         await self.client.flush(timeout=DEFAULT_TIMEOUT_S)  # type: ignore[arg-type]  # floats work
         return subscription
 

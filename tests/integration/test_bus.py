@@ -219,3 +219,17 @@ async def test_connect_gives_up_at_its_deadline_with_unavailable() -> None:
     with pytest.raises(Unavailable, match=f"cannot connect to NATS at nats://127.0.0.1:{port}"):
         await Bus.connect(options)
     assert loop.time() - began < 3
+
+
+async def test_a_request_sent_right_after_serve_returns_always_finds_the_server(nats_server: NatsServer) -> None:
+    client = await Bus.connect(nats_server.options("client"))
+    try:
+        for attempt in range(40):
+            server = await Bus.connect(nats_server.options(f"server-{attempt}"))
+            try:
+                await server.serve(GREET, greet)
+                assert (await client.request(GREET, Greeting(name=str(attempt)), timeout=2)).text == f"hello {attempt}"
+            finally:
+                await server.drain()
+    finally:
+        await client.drain()

@@ -4,7 +4,7 @@ import re
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, WithJsonSchema
 
 _MAC = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 
@@ -18,7 +18,18 @@ def normalise_mac(value: str) -> str:
     return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
-MacAddress = Annotated[str, AfterValidator(normalise_mac)]
+MacAddress = Annotated[
+    str,
+    AfterValidator(normalise_mac),
+    WithJsonSchema(
+        {
+            "type": "string",
+            # The same set as the validator, spelt without a back-reference (OpenAPI tools do not take them).
+            "pattern": "^(([0-9A-Fa-f]{2}:){5}|([0-9A-Fa-f]{2}-){5})[0-9A-Fa-f]{2}$|^[0-9A-Fa-f]{12}$",
+            "description": "aa:bb:cc:dd:ee:ff, aa-bb-…, or aabbccddeeff; answered as aa:bb:cc:dd:ee:ff.",
+        }
+    ),
+]
 SystemId = Annotated[str, Field(pattern=r"^[a-z0-9]{6}$", description="MAAS-style six-character machine id.")]
 IdempotencyKey = Annotated[
     str,
