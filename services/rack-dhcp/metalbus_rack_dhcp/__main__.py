@@ -1,17 +1,55 @@
-"""Run rack-dhcp: ``python -m metalbus_rack_dhcp`` (or ``metalbus-rack-dhcp``)."""
+"""Run rack-dhcp (``python -m metalbus_rack_dhcp``): presence beside one DHCP server per served interface."""
 
+import asyncio
+
+from metalbus.bus import Bus
 from metalbus.contracts.racks import RackServiceKind
 from metalbus.logging import configure_logging
-from metalbus.rack_presence import run_rack_service
+from metalbus.rack_presence import keep_present
 from metalbus.runner import run_until_signalled
 from metalbus.settings import load_settings
+from metalbus_rack_dhcp.region_client import RegionLeaseSource
+from metalbus_rack_dhcp.server import DhcpProtocol, ServerCounters, serve_interface
 from metalbus_rack_dhcp.settings import RackDhcpSettings
+
+
+async def run_rack_dhcp(
+    settings: RackDhcpSettings, stop: asyncio.Event, counters: ServerCounters | None = None
+) -> None:
+    """Stay present and answer DHCP on ``settings.serve_interfaces`` until ``stop``."""
+    bus = await Bus.connect(settings.connect_options(f"{RackServiceKind.DHCP.value}:{settings.rack_id}"))
+    servers: list[DhcpProtocol] = []
+    presence = asyncio.create_task(keep_present(bus, RackServiceKind.DHCP, settings, stop))
+    try:
+        leases = RegionLeaseSource(
+            bus, timeout_s=settings.lease_request_timeout_s, subnet_cache_s=settings.subnet_cache_s
+        )
+        for interface in settings.serve_interfaces:
+            try:
+                server = await serve_interface(
+                    interface,
+                    settings.rack_id,
+                    leases,
+                    port=settings.port,
+                    counters=counters,
+                    max_in_flight=settings.max_in_flight,
+                )
+            except (OSError, TimeoutError) as error:
+                raise SystemExit(f"metalbus-rack-dhcp: cannot serve DHCP on {interface}: {error}") from None
+            servers.append(server)
+        await stop.wait()
+    finally:
+        stop.set()
+        for server in servers:
+            await server.close()
+        await presence
+        await bus.drain()
 
 
 def main() -> None:
     settings = load_settings(RackDhcpSettings)
     configure_logging(settings.log_level, json_lines=settings.log_json)
-    run_until_signalled(lambda stop: run_rack_service(RackServiceKind.DHCP, settings, stop))
+    run_until_signalled(lambda stop: run_rack_dhcp(settings, stop))
 
 
 if __name__ == "__main__":

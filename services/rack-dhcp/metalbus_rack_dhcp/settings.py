@@ -14,3 +14,10 @@ class RackDhcpSettings(RackServiceSettings):
 
     listen_address: str = "0.0.0.0"
     port: int = Field(default=67, ge=1, le=65535)
+    serve_interfaces: list[str] = Field(
+        default_factory=list,
+        description="Names of the interfaces to answer DHCP on (JSON list in the environment); none: presence only.",
+    )
+    max_in_flight: int = Field(default=256, ge=1, le=65536, description="Requests answered at once per interface.")
+    lease_request_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    subnet_cache_s: float = Field(default=5.0, ge=0, le=300)
