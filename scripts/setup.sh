@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 with_test=0
 [ "${1:-}" = "--test" ] && with_test=1
 
-debian_packages=(postgresql ca-certificates iproute2 curl isc-dhcp-client udhcpc)
+debian_packages=(postgresql ca-certificates iproute2 curl isc-dhcp-client udhcpc isc-dhcp-relay)
 python=${PYTHON:-python3}
 
 need_apt=0

@@ -8,6 +8,7 @@ from metalbus.logging import configure_logging
 from metalbus.rack_presence import keep_present
 from metalbus.runner import run_until_signalled
 from metalbus.settings import load_settings
+from metalbus_rack_dhcp.lease_cache import CachedLeaseSource, snapshot_fetcher
 from metalbus_rack_dhcp.region_client import RegionLeaseSource
 from metalbus_rack_dhcp.server import DhcpProtocol, ServerCounters, serve_interface
 from metalbus_rack_dhcp.settings import RackDhcpSettings
@@ -20,10 +21,10 @@ async def run_rack_dhcp(
     bus = await Bus.connect(settings.connect_options(f"{RackServiceKind.DHCP.value}:{settings.rack_id}"))
     servers: list[DhcpProtocol] = []
     presence = asyncio.create_task(keep_present(bus, RackServiceKind.DHCP, settings, stop))
+    region = RegionLeaseSource(bus, timeout_s=settings.lease_request_timeout_s, subnet_cache_s=settings.subnet_cache_s)
+    leases = CachedLeaseSource(region, snapshot_fetcher(bus, settings.rack_id, settings.lease_request_timeout_s))
+    cache = asyncio.create_task(leases.keep_fresh(stop, settings.snapshot_refresh_s))
     try:
-        leases = RegionLeaseSource(
-            bus, timeout_s=settings.lease_request_timeout_s, subnet_cache_s=settings.subnet_cache_s
-        )
         for interface in settings.serve_interfaces:
             try:
                 server = await serve_interface(
@@ -43,6 +44,7 @@ async def run_rack_dhcp(
         for server in servers:
             await server.close()
         await presence
+        await cache
         await bus.drain()
 
 

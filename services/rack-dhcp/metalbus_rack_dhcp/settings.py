@@ -21,3 +21,9 @@ class RackDhcpSettings(RackServiceSettings):
     max_in_flight: int = Field(default=256, ge=1, le=65536, description="Requests answered at once per interface.")
     lease_request_timeout_s: float = Field(default=2.0, gt=0, le=30)
     subnet_cache_s: float = Field(default=5.0, ge=0, le=300)
+    snapshot_refresh_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How often the lease cache reloads the rack's snapshot (and reconciles local renewals).",
+    )
