@@ -25,9 +25,9 @@ would make some ROMs wait for a PXE boot server discovery that we do not run).
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from metalbus_rack_dhcp.codec import is_ipxe_user_class
 from metalbus_rack_dhcp.messages import ClientArchitecture, DhcpMessage, Option
 
-IPXE_USER_CLASS = b"iPXE"
 PXE_VENDOR_CLASS = b"PXEClient"
 HTTP_VENDOR_CLASS = b"HTTPClient"
 IPXE_SCRIPT_PATH = "/ipxe.cfg-${mac}"
@@ -83,21 +83,6 @@ def read_boot_client(message: DhcpMessage) -> BootClient:
         vendor_class=message.option(Option.VENDOR_CLASS) or b"",
         ipxe=user_class is not None and is_ipxe_user_class(user_class),
     )
-
-
-def is_ipxe_user_class(payload: bytes) -> bool:
-    """iPXE sends option 77 as the bare string ``iPXE``; RFC 3004 would length-prefix each class: accept both."""
-    if payload == IPXE_USER_CLASS:
-        return True
-    position = 0
-    while position < len(payload):
-        end = position + 1 + payload[position]
-        if end > len(payload):
-            return False
-        if payload[position + 1 : end] == IPXE_USER_CLASS:
-            return True
-        position = end
-    return False
 
 
 def choose_boot(client: BootClient, rack_address: IPv4Address, http_port: int) -> BootChoice | None:

@@ -371,10 +371,15 @@ def encode_user_class(classes: Sequence[bytes]) -> bytes:
     return b"".join(bytes((len(name),)) + name for name in classes)
 
 
+def is_ipxe_user_class(payload: bytes) -> bool:
+    """True when an option 77 payload names iPXE: bare (as iPXE sends it) or among RFC 3004 classes."""
+    return payload != b"" and IPXE_USER_CLASS in decode_user_class(payload)
+
+
 def is_ipxe_request(message: DhcpMessage) -> bool:
-    """True when the client is iPXE: option 77 carries ``iPXE`` (plain, as iPXE sends it, or RFC 3004)."""
+    """True when the client is iPXE: its option 77 passes ``is_ipxe_user_class``."""
     value = message.option(Option.USER_CLASS)
-    return value is not None and value != b"" and IPXE_USER_CLASS in decode_user_class(value)
+    return value is not None and is_ipxe_user_class(value)
 
 
 def decode_client_architectures(value: bytes) -> tuple[int, ...]:

@@ -37,6 +37,7 @@ from metalbus.contracts.leases import (
     Subnet,
 )
 from metalbus_rack_dhcp.boot_files import BootChoice, choose_boot, read_boot_client
+from metalbus_rack_dhcp.codec import encode_ipv4_list, encode_u32
 from metalbus_rack_dhcp.messages import (
     BOOTREPLY,
     BOOTREQUEST,
@@ -359,9 +360,9 @@ def _reply(
 def lease_time_options(lease_time_s: int) -> list[tuple[int, bytes]]:
     """51, 58 (T1 = 0.5 of the lease) and 59 (T2 = 0.875), RFC 2131 §4.4.5's defaults."""
     return [
-        (Option.LEASE_TIME, lease_time_s.to_bytes(4, "big")),
-        (Option.RENEWAL_TIME, (lease_time_s // 2).to_bytes(4, "big")),
-        (Option.REBINDING_TIME, (lease_time_s * 7 // 8).to_bytes(4, "big")),
+        (Option.LEASE_TIME, encode_u32(lease_time_s)),
+        (Option.RENEWAL_TIME, encode_u32(lease_time_s // 2)),
+        (Option.REBINDING_TIME, encode_u32(lease_time_s * 7 // 8)),
     ]
 
 
@@ -370,11 +371,11 @@ def _subnet_options(subnet: Subnet, rack: RackView) -> dict[int, bytes]:
     if subnet.gateway is not None:
         options[Option.ROUTER] = subnet.gateway.packed
     if dns := rack.dns_for(subnet):
-        options[Option.DNS_SERVERS] = b"".join(server.packed for server in dns)
+        options[Option.DNS_SERVERS] = encode_ipv4_list(dns)
     if subnet.domain:
         options[Option.DOMAIN_NAME] = subnet.domain.encode()
     if ntp := rack.ntp():
-        options[Option.NTP_SERVERS] = b"".join(server.packed for server in ntp)
+        options[Option.NTP_SERVERS] = encode_ipv4_list(ntp)
     return options
 
 
