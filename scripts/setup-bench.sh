@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Installs what bench/dhcp.py compares rack-dhcp with, beyond scripts/setup.sh: Kea DHCPv4 (and perfdhcp, which
-# Debian ships in kea-admin), ISC dhcpd and dnsmasq. The bench runs each server itself in a namespace of its own,
-# so no system service of these packages may start or keep running. Safe to run again.
+# Installs what the benches compare metalbus with, beyond scripts/setup.sh: Kea DHCPv4 (and perfdhcp, which
+# Debian ships in kea-admin), ISC dhcpd, dnsmasq and tftpd-hpa. The benches run each server themselves (in a
+# namespace or on a high port), so no system service of these packages may start or keep running. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debian_packages=(kea-dhcp4-server kea-admin isc-dhcp-server dnsmasq)
+debian_packages=(kea-dhcp4-server kea-admin isc-dhcp-server dnsmasq tftpd-hpa)
 # Where these packages' daemons write their pid when their init scripts start them.
 daemon_pid_files=(/run/kea/kea-dhcp4.kea-dhcp4.pid /run/kea/kea-ctrl-agent.kea-ctrl-agent.pid /run/dhcpd.pid
-  /var/run/dhcpd.pid /run/dnsmasq/dnsmasq.pid)
+  /var/run/dhcpd.pid /run/dnsmasq/dnsmasq.pid /run/tftpd-hpa.pid /var/run/tftpd-hpa.pid)
 
 need_apt=0
 for package in "${debian_packages[@]}"; do

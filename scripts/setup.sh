@@ -7,8 +7,15 @@ cd "$(dirname "$0")/.."
 with_test=0
 [ "${1:-}" = "--test" ] && with_test=1
 
-debian_packages=(postgresql ca-certificates iproute2 curl isc-dhcp-client udhcpc isc-dhcp-relay)
+# What the stack runs on (PostgreSQL) and what a rack serves to booting machines (bootloaders from Debian).
+debian_packages=(postgresql ca-certificates iproute2 curl pxelinux syslinux-common grub-efi-amd64-bin
+  grub-common shim-signed ipxe)
+# What the tests boot and talk to: real DHCP/TFTP clients, qemu with iPXE ROMs and UEFI firmware.
+test_packages=(isc-dhcp-client udhcpc isc-dhcp-relay qemu-system-x86 ipxe-qemu ovmf tftp-hpa atftp iproute2
+  linux-image-amd64 busybox-static)
 python=${PYTHON:-python3}
+
+[ "$with_test" = 1 ] && debian_packages+=("${test_packages[@]}")
 
 need_apt=0
 for package in "${debian_packages[@]}"; do
