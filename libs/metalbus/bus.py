@@ -7,7 +7,7 @@ No business logic lives here. Replies that are errors carry the header ``Metalbu
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -19,6 +19,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import StreamConfig
+from nats.js.client import JetStreamContext
 from pydantic import ValidationError
 
 from metalbus.contracts.base import Message
@@ -135,6 +136,7 @@ class Bus:
         self._slots = asyncio.Semaphore(max_concurrency)
         self.dropped_requests = 0
         self._served: list[Subscription] = []
+        self._jetstream: JetStreamContext | None = None
 
     @classmethod
     async def connect(cls, options: ConnectOptions, *, max_concurrency: int = 256) -> "Bus":
@@ -297,6 +299,23 @@ class Bus:
             await self.client.jetstream().publish(name, payload, timeout=DEFAULT_TIMEOUT_S, headers=headers)
         except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as error:
             raise Unavailable(f"event stream did not acknowledge {name}") from error
+
+    async def publish_raw_events(self, events: Sequence[tuple[str, bytes, str]]) -> None:
+        """Publish ``(subject, payload, msg_id)`` events in order without waiting for each acknowledgement
+        before sending the next (they still reach the stream in order: one connection), then wait for all.
+        Any missing acknowledgement raises Unavailable; the caller publishes the lot again and the stream
+        drops what it already holds by ``Nats-Msg-Id``."""
+        if self._jetstream is None:
+            self._jetstream = self.client.jetstream()
+        try:
+            acknowledgements = [
+                await self._jetstream.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
+                for subject, payload, msg_id in events
+            ]
+            async with asyncio.timeout(DEFAULT_TIMEOUT_S):
+                await asyncio.gather(*acknowledgements)
+        except (TimeoutError, nats.errors.Error) as error:
+            raise Unavailable(f"event stream did not acknowledge {len(events)} events: {error!r}") from error
 
     async def drain(self) -> None:
         """Stop taking requests (another replica in the queue group answers them now), finish the ones in

@@ -22,11 +22,15 @@ from metalbus.contracts.health import HealthQuery, RegionHealth, ReplicaPresent,
 from metalbus.contracts.leases import (
     Lease,
     LeaseAck,
+    LeaseCommitBatch,
+    LeaseCommitBatchReply,
     LeaseCommitRequest,
     LeaseEvent,
     LeaseList,
     LeaseListQuery,
     LeaseOffer,
+    LeaseOfferBatch,
+    LeaseOfferBatchReply,
     LeaseOfferRequest,
     LeaseReleaseRequest,
     RackSnapshot,
@@ -234,6 +238,18 @@ LEASE_OFFER = RequestSubject(
 LEASE_COMMIT = RequestSubject(
     "region.leases.commit", LeaseCommitRequest, Lease, "DHCPREQUEST: bind the address; conflict means NAK."
 )
+LEASE_OFFER_BATCH = RequestSubject(
+    "region.leases.offer.batch",
+    LeaseOfferBatch,
+    LeaseOfferBatchReply,
+    "Many DHCPDISCOVERs in one transaction; each outcome is what region.leases.offer would answer.",
+)
+LEASE_COMMIT_BATCH = RequestSubject(
+    "region.leases.commit.batch",
+    LeaseCommitBatch,
+    LeaseCommitBatchReply,
+    "Many DHCPREQUESTs in one transaction; an outcome's conflict error means NAK.",
+)
 LEASE_RENEW = RequestSubject(
     "region.leases.renew", LeaseCommitRequest, Lease, "Extend a bound lease; not_found/conflict means NAK."
 )
@@ -329,6 +345,8 @@ REQUEST_SUBJECTS: tuple[RequestSubject[Message, Message], ...] = (
     LEASE_LIST,
     LEASE_OFFER,
     LEASE_COMMIT,
+    LEASE_OFFER_BATCH,
+    LEASE_COMMIT_BATCH,
     LEASE_RENEW,
     LEASE_RELEASE,
     LEASE_DECLINE,

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from metalbus.contracts.base import Message, examples
 from metalbus.contracts.common import IdempotencyKey, MacAddress
+from metalbus.contracts.errors import ErrorEnvelope
 
 _SUBNET = {
     "schema_version": 1,
@@ -30,6 +31,22 @@ _LEASE = {
     "state": "bound",
     "expires_at": "2026-11-25T06:10:00Z",
     "hostname": "node-1",
+}
+_OFFER_REQUEST = {
+    "schema_version": 1,
+    "rack_id": "rack-1",
+    "mac": "52:54:00:12:34:56",
+    "link_address": "10.20.0.2",
+    "requested_ip": None,
+    "hostname": None,
+}
+_COMMIT_REQUEST = {
+    "schema_version": 1,
+    "rack_id": "rack-1",
+    "mac": "52:54:00:12:34:56",
+    "ip": "10.20.0.100",
+    "hostname": "node-1",
+    "idempotency_key": None,
 }
 
 
@@ -96,16 +113,7 @@ class LeaseOfferRequest(Message):
     it selects the subnet. The same MAC gets its previous address back; ``requested_ip`` (option 50) is
     honoured when free."""
 
-    model_config = examples(
-        {
-            "schema_version": 1,
-            "rack_id": "rack-1",
-            "mac": "52:54:00:12:34:56",
-            "link_address": "10.20.0.2",
-            "requested_ip": None,
-            "hostname": None,
-        }
-    )
+    model_config = examples(_OFFER_REQUEST)
 
     rack_id: str
     mac: MacAddress
@@ -124,22 +132,65 @@ class LeaseOffer(Message):
 class LeaseCommitRequest(Message):
     """DHCPREQUEST (selecting or init-reboot) or a renewal: bind ``ip`` to ``mac``; Conflict means NAK."""
 
-    model_config = examples(
-        {
-            "schema_version": 1,
-            "rack_id": "rack-1",
-            "mac": "52:54:00:12:34:56",
-            "ip": "10.20.0.100",
-            "hostname": "node-1",
-            "idempotency_key": None,
-        }
-    )
+    model_config = examples(_COMMIT_REQUEST)
 
     rack_id: str
     mac: MacAddress
     ip: IPv4Address
     hostname: str | None = None
     idempotency_key: IdempotencyKey | None = None
+
+
+MAX_LEASE_BATCH = 1024
+"""Most requests one batch may carry; a rack splits a longer queue."""
+
+
+class LeaseOfferBatch(Message):
+    """DHCPDISCOVERs a rack saw at about the same time, decided in one region transaction: outcome *i* answers
+    request *i* exactly as a lone ``region.leases.offer`` would (same address rules, same errors)."""
+
+    model_config = examples({"schema_version": 1, "requests": [_OFFER_REQUEST]})
+
+    requests: list[LeaseOfferRequest] = Field(min_length=1, max_length=MAX_LEASE_BATCH)
+
+
+class LeaseOutcome(Message):
+    """One request's answer inside a batch: the lease, or the typed error the request would have got alone."""
+
+    model_config = examples({"schema_version": 1, "lease": _LEASE, "error": None})
+
+    lease: Lease | None = None
+    error: ErrorEnvelope | None = None
+
+
+class LeaseOfferBatchReply(Message):
+    """``outcomes`` in request order; ``subnets`` holds each subnet an offered lease belongs to, once."""
+
+    model_config = examples(
+        {
+            "schema_version": 1,
+            "outcomes": [{"schema_version": 1, "lease": _LEASE | {"state": "offered"}, "error": None}],
+            "subnets": [_SUBNET],
+        }
+    )
+
+    outcomes: list[LeaseOutcome]
+    subnets: list[Subnet]
+
+
+class LeaseCommitBatch(Message):
+    """DHCPREQUESTs (selecting, init-reboot) bound in one region transaction; a commit is idempotent by nature
+    (binding again only moves the expiry), so batched commits skip ``idempotency_key``."""
+
+    model_config = examples({"schema_version": 1, "requests": [_COMMIT_REQUEST]})
+
+    requests: list[LeaseCommitRequest] = Field(min_length=1, max_length=MAX_LEASE_BATCH)
+
+
+class LeaseCommitBatchReply(Message):
+    model_config = examples({"schema_version": 1, "outcomes": [{"schema_version": 1, "lease": _LEASE, "error": None}]})
+
+    outcomes: list[LeaseOutcome]
 
 
 class LeaseReleaseRequest(Message):

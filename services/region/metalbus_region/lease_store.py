@@ -287,3 +287,82 @@ async def list_leases(
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     rows = await conn.fetch(f"SELECT {LEASE_COLUMNS} FROM leases {where} ORDER BY subnet_id, ip, lease_id", *values)
     return [lease_from_row(row) for row in rows]
+
+
+# -- many at once (rack-dhcp's batches) -----------------------------------------------------------------------
+async def latest_of_macs(conn: DbConnection, subnet_id: int, macs: list[str]) -> dict[str, Lease]:
+    """``latest_of_mac`` for several MACs in one query; MACs without any lease in the subnet are absent."""
+    rows = await conn.fetch(
+        f"""
+        SELECT DISTINCT ON (mac) {LEASE_COLUMNS} FROM leases
+         WHERE subnet_id = $1 AND mac = ANY($2::macaddr[])
+         ORDER BY mac, state IN {ACTIVE} DESC, updated_at DESC, lease_id DESC
+        """,
+        subnet_id,
+        macs,
+    )
+    leases = [lease_from_row(row) for row in rows]
+    return {lease.mac: lease for lease in leases}
+
+
+async def refresh_offers(conn: DbConnection, offers: list[Lease], expires_at: datetime, now: datetime) -> list[Lease]:
+    """Hold these offers (same address, same MAC, still offered) until ``expires_at``."""
+    rows = await conn.fetch(
+        f"""
+        UPDATE leases l SET expires_at = $3, updated_at = $4
+          FROM unnest($1::inet[], $2::macaddr[]) AS o(ip, mac)
+         WHERE l.ip = o.ip AND l.mac = o.mac AND l.state = 'offered'
+        RETURNING {", ".join(f"l.{column}" for column in LEASE_COLUMNS.split(", "))}
+        """,
+        [offer.ip for offer in offers],
+        [offer.mac for offer in offers],
+        expires_at,
+        now,
+    )
+    return [lease_from_row(row) for row in rows]
+
+
+async def insert_leases(conn: DbConnection, leases: list[Lease], now: datetime) -> list[Lease]:
+    """Insert each lease whose address and whose MAC's active slot in the subnet are free; the others (lost to a
+    concurrent transaction) are simply not returned."""
+    rows = await conn.fetch(
+        f"""
+        INSERT INTO leases (subnet_id, ip, mac, rack_id, state, hostname, expires_at, created_at, updated_at)
+        SELECT subnet_id, ip, mac, rack_id, state, hostname, expires_at, $8, $8
+          FROM unnest($1::bigint[], $2::inet[], $3::macaddr[], $4::text[], $5::text[], $6::text[],
+                      $7::timestamptz[]) AS n(subnet_id, ip, mac, rack_id, state, hostname, expires_at)
+        ON CONFLICT DO NOTHING
+        RETURNING {LEASE_COLUMNS}
+        """,
+        [lease.subnet_id for lease in leases],
+        [lease.ip for lease in leases],
+        [lease.mac for lease in leases],
+        [lease.rack_id for lease in leases],
+        [lease.state.value for lease in leases],
+        [lease.hostname for lease in leases],
+        [lease.expires_at for lease in leases],
+        now,
+    )
+    return [lease_from_row(row) for row in rows]
+
+
+async def bind_held(conn: DbConnection, bindings: list[Lease], now: datetime) -> list[Lease]:
+    """Turn each MAC's offer (or binding) of the address into the binding given (expiry, rack, hostname when
+    set); requests whose MAC holds no such lease are not returned."""
+    rows = await conn.fetch(
+        f"""
+        UPDATE leases l SET state = 'bound', expires_at = b.expires_at, updated_at = $6, rack_id = b.rack_id,
+                            hostname = COALESCE(b.hostname, l.hostname)
+          FROM unnest($1::inet[], $2::macaddr[], $3::timestamptz[], $4::text[], $5::text[])
+            AS b(ip, mac, expires_at, rack_id, hostname)
+         WHERE l.ip = b.ip AND l.mac = b.mac AND l.state IN {ACTIVE}
+        RETURNING {", ".join(f"l.{column}" for column in LEASE_COLUMNS.split(", "))}
+        """,
+        [lease.ip for lease in bindings],
+        [lease.mac for lease in bindings],
+        [lease.expires_at for lease in bindings],
+        [lease.rack_id for lease in bindings],
+        [lease.hostname for lease in bindings],
+        now,
+    )
+    return [lease_from_row(row) for row in rows]

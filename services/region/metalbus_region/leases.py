@@ -171,6 +171,42 @@ async def expire_stale(conn: DbConnection, subnet_id: int, now: datetime) -> Non
         await record_lease_change(conn, lease)
 
 
+async def bind_requested(conn: DbConnection, request: LeaseCommitRequest, now: datetime) -> Lease:
+    """The whole DHCPREQUEST rule set in the caller's transaction: bind the MAC's own offer or binding, or a free
+    dynamic address (init-reboot, moving the MAC off its other active lease); Conflict (a NAK) otherwise."""
+    subnet = await subnet_store.managed_subnet_containing(conn, request.ip)
+    if subnet is None:
+        raise Conflict(f"{request.ip} is not in a managed subnet")
+    await expire_stale(conn, subnet.subnet_id, now)
+    holder = await lease_store.holder_for_update(conn, request.ip)
+    reserved = holder is None and await subnet_store.is_reserved(conn, subnet.subnet_id, request.ip)
+    action = commit_action(subnet, holder, request.mac, request.ip, reserved)
+    expires_at = now + timedelta(seconds=subnet.lease_time_s)
+    if action is CommitAction.BIND_HELD:
+        assert holder is not None
+        lease = await lease_store.bind(
+            conn, holder, now, hostname=request.hostname, rack_id=request.rack_id, expires_at=expires_at
+        )
+    else:
+        for moved_from in await lease_store.release_other_active(conn, subnet.subnet_id, request.mac, request.ip, now):
+            await record_lease_change(conn, moved_from)
+        bound = Lease(
+            ip=request.ip,
+            mac=request.mac,
+            subnet_id=subnet.subnet_id,
+            rack_id=request.rack_id,
+            state=LeaseState.BOUND,
+            expires_at=expires_at,
+            hostname=request.hostname,
+        )
+        inserted = await lease_store.insert_lease(conn, bound, now, skip_if_contended=False)
+        if inserted is None:
+            raise Conflict(f"{request.ip} was taken by another client meanwhile")
+        lease = inserted
+    await record_lease_change(conn, lease)
+    return lease
+
+
 class LeaseHandlers:
     def __init__(self, ctx: RegionContext) -> None:
         self.ctx = ctx
@@ -300,45 +336,10 @@ class LeaseHandlers:
                 request.idempotency_key,
                 LEASE_COMMIT.pattern,
                 Lease,
-                lambda c: self._commit(c, request, self.ctx.clock()),
+                lambda c: bind_requested(c, request, self.ctx.clock()),
             )
         self.ctx.outbox.wake()
         log.debug("lease.committed", mac=lease.mac, ip=str(lease.ip), rack_id=request.rack_id)
-        return lease
-
-    async def _commit(self, conn: DbConnection, request: LeaseCommitRequest, now: datetime) -> Lease:
-        subnet = await subnet_store.managed_subnet_containing(conn, request.ip)
-        if subnet is None:
-            raise Conflict(f"{request.ip} is not in a managed subnet")
-        await expire_stale(conn, subnet.subnet_id, now)
-        holder = await lease_store.holder_for_update(conn, request.ip)
-        reserved = holder is None and await subnet_store.is_reserved(conn, subnet.subnet_id, request.ip)
-        action = commit_action(subnet, holder, request.mac, request.ip, reserved)
-        expires_at = now + timedelta(seconds=subnet.lease_time_s)
-        if action is CommitAction.BIND_HELD:
-            assert holder is not None
-            lease = await lease_store.bind(
-                conn, holder, now, hostname=request.hostname, rack_id=request.rack_id, expires_at=expires_at
-            )
-        else:
-            for moved_from in await lease_store.release_other_active(
-                conn, subnet.subnet_id, request.mac, request.ip, now
-            ):
-                await record_lease_change(conn, moved_from)
-            bound = Lease(
-                ip=request.ip,
-                mac=request.mac,
-                subnet_id=subnet.subnet_id,
-                rack_id=request.rack_id,
-                state=LeaseState.BOUND,
-                expires_at=expires_at,
-                hostname=request.hostname,
-            )
-            inserted = await lease_store.insert_lease(conn, bound, now, skip_if_contended=False)
-            if inserted is None:
-                raise Conflict(f"{request.ip} was taken by another client meanwhile")
-            lease = inserted
-        await record_lease_change(conn, lease)
         return lease
 
     async def renew(self, request: LeaseCommitRequest) -> Lease:

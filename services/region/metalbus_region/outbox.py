@@ -8,7 +8,7 @@ with ``FOR UPDATE SKIP LOCKED`` so replicas do not publish the same row at once,
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -49,6 +49,33 @@ async def record_event(
     return event
 
 
+async def record_events(
+    conn: DbConnection,
+    subject: EventSubject[EventT],
+    builds: Sequence[tuple[Callable[[int, datetime], EventT], dict[str, str]]],
+) -> list[EventT]:
+    """``record_event`` for many events of one subject in two statements: ``(build, params)`` per event, in the
+    order their sequence numbers are drawn."""
+    if not builds:
+        return []
+    rows = await conn.fetch(
+        "SELECT nextval('events_sequence_seq') AS sequence, now() AS at FROM generate_series(1, $1)", len(builds)
+    )
+    events = [build(int(row["sequence"]), row["at"]) for (build, _), row in zip(builds, rows, strict=True)]
+    await conn.execute(
+        """
+        INSERT INTO events (sequence, subject, payload, created_at)
+        SELECT sequence, subject, payload::jsonb, $4 FROM unnest($1::bigint[], $2::text[], $3::text[])
+            AS e(sequence, subject, payload)
+        """,
+        [row["sequence"] for row in rows],
+        [subject.format(**params) for _, params in builds],
+        [event.model_dump_json() for event in events],
+        rows[0]["at"],
+    )
+    return events
+
+
 class OutboxPublisher:
     """Publishes committed events to JetStream; ``wake()`` after a commit makes it go at once."""
 
@@ -86,11 +113,10 @@ class OutboxPublisher:
                 """,
                 self._batch,
             )
-            for row in rows:
-                await self._bus.publish_raw_event(
-                    row["subject"], row["payload"].encode(), msg_id=f"metalbus-event-{row['sequence']}"
-                )
             if rows:
+                await self._bus.publish_raw_events(
+                    [(row["subject"], row["payload"].encode(), f"metalbus-event-{row['sequence']}") for row in rows]
+                )
                 await conn.execute(
                     "UPDATE events SET published_at = now() WHERE sequence = ANY($1::bigint[])",
                     [row["sequence"] for row in rows],

@@ -6,7 +6,7 @@ import contextlib
 import structlog
 
 from metalbus.bus import Bus
-from metalbus_region import apikeys, boot, commissioning, leases, machines, metadata
+from metalbus_region import apikeys, boot, commissioning, lease_batches, leases, machines, metadata
 from metalbus_region.context import RegionContext, Route
 from metalbus_region.database import Database
 from metalbus_region.handlers import RegionHandlers
@@ -21,6 +21,7 @@ def all_routes(ctx: RegionContext) -> list[Route]:
         *RegionHandlers(ctx).routes(),
         *machines.routes(ctx),
         *leases.routes(ctx),
+        *lease_batches.routes(ctx),
         *boot.routes(ctx),
         *metadata.routes(ctx),
         *apikeys.routes(ctx),
