@@ -123,6 +123,7 @@ async def test_commission_issues_a_token_boots_commissioning_and_powers_on_throu
     assert command.secrets == {"password": BMC_SECRET}
     assert command.parameters == {"address": "10.0.0.21", "port": 623, "username": "admin"}
     assert command.idempotency_key
+    assert command.boot_from_network  # commissioning boots from the network, whatever the BIOS order says
     assert (power.action, power.state, power.rack_id, power.error) == (PowerAction.ON, PowerState.ON, "rack-a", None)
     assert [(e.from_status, e.to_status) for e in events] == [(None, S.NEW), (S.NEW, S.COMMISSIONING)]
     assert BMC_SECRET not in repr(logs)

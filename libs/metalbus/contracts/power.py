@@ -49,6 +49,9 @@ class PowerCommand(Message):
     parameters: dict[str, Any] = Field(default_factory=dict)
     secrets: dict[str, str] = Field(default_factory=dict, repr=False)
     idempotency_key: IdempotencyKey | None = None
+    boot_from_network: bool = Field(
+        default=False, description="Before powering on (on, cycle): set the next boot device to PXE (commissioning)."
+    )
 
 
 class PowerResult(Message):

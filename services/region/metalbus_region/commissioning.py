@@ -63,7 +63,7 @@ class Commissioning:
         has left that commissioning run meanwhile). Manual machines are powered by their operator."""
         if machine.power_type is PowerType.MANUAL or machine.commissioning_deadline is None:
             return machine
-        outcome = await self._power.power(machine.system_id, PowerAction.ON)
+        outcome = await self._power.power(machine.system_id, PowerAction.ON, boot_from_network=True)
         async with self._ctx.database.connection() as conn, conn.transaction():
             await record_power_event(conn, outcome)
             if not outcome.succeeded and await machine_store.still_commissioning_until(

@@ -62,9 +62,9 @@ class PowerClient:
         self._timeout_s = timeout_s
         self._rotation = RackRotation(rng or random.Random(), monotonic)
 
-    async def power(self, system_id: str, action: PowerAction) -> PowerOutcome:
+    async def power(self, system_id: str, action: PowerAction, *, boot_from_network: bool = False) -> PowerOutcome:
         """Send ``action`` through the first rack that answers; never raises for a power failure (the outcome
-        says what went wrong), only for the database being away."""
+        says what went wrong), only for the database being away. ``boot_from_network``: PXE on the next boot."""
         async with self._database.connection() as conn:
             target = await machine_store.power_target(conn, system_id)
             candidates = await racks_reaching(conn, target.bmc_address) if target.bmc_address else []
@@ -74,9 +74,11 @@ class PowerClient:
             return self._failed(target, action, None, "machine has no BMC address")
         if not candidates:
             return self._failed(target, action, None, f"no healthy rack reaches BMC {target.bmc_address}")
-        return await self._send(target, action, self._rotation.order(candidates))
+        return await self._send(target, action, self._rotation.order(candidates), boot_from_network)
 
-    async def _send(self, target: PowerTarget, action: PowerAction, racks: list[str]) -> PowerOutcome:
+    async def _send(
+        self, target: PowerTarget, action: PowerAction, racks: list[str], boot_from_network: bool
+    ) -> PowerOutcome:
         command = PowerCommand(
             system_id=target.system_id,
             action=action,
@@ -84,6 +86,7 @@ class PowerClient:
             parameters=target.parameters,
             secrets=target.secrets,
             idempotency_key=f"power-{target.system_id}-{action.value}-{uuid.uuid4().hex}",
+            boot_from_network=boot_from_network,
         )
         silent: list[str] = []
         for rack_id in racks:
