@@ -9,10 +9,13 @@ rack never invents one). Once the region answers again, ``reconcile`` sends the 
 (LEASE_RENEW, or LEASE_COMMIT when the region no longer knows the binding).
 
 The decisions (``local_renewal``, ``merged_leases``) are pure functions of the cache and an injected clock.
+A request answered from the cache is marked in its task's context: ``answered_from_cache()`` tells the server which
+source to name in its lease log line.
 """
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,6 +45,13 @@ DEFAULT_REFRESH_S = 30.0
 Clock = Callable[[], datetime]
 SnapshotFetcher = Callable[[], Awaitable[RackSnapshot]]
 LeaseKey = tuple[str, IPv4Address]
+
+_ANSWERED_FROM_CACHE: contextvars.ContextVar[bool] = contextvars.ContextVar("answered_from_cache", default=False)
+
+
+def answered_from_cache() -> bool:
+    """True in a task (one DHCP request) whose commit or renewal the cache answered without the region."""
+    return _ANSWERED_FROM_CACHE.get()
 
 
 def wall_clock() -> datetime:
@@ -228,7 +238,8 @@ class CachedLeaseSource:
         self._leases[key] = self._local[key] = renewed
         self._pending[key] = request.model_copy(update={"idempotency_key": None})
         self.counters.local_renewals += 1
-        log.info("dhcp.cache.renewed_locally", mac=request.mac, ip=str(request.ip), expires_at=str(renewed.expires_at))
+        _ANSWERED_FROM_CACHE.set(True)
+        log.debug("dhcp.cache.renewed_locally", mac=request.mac, ip=str(request.ip), expires_at=str(renewed.expires_at))
         return renewed
 
     def _remember(self, lease: Lease) -> None:

@@ -7,11 +7,16 @@ A reply to a client that has no address yet (no giaddr, no ciaddr, no broadcast 
 chaddr. The kernel cannot ARP for an address nobody holds yet, so before sending the server installs a neighbour
 entry (``ip neigh replace <yiaddr> lladdr <chaddr> dev <if> nud stale``); when that fails (not root, no
 ``ip``), the reply is broadcast instead, which every client accepts.
+
+Every lease event (OFFER, ACK, NAK sent; RELEASE, DECLINE accepted by the region) is one ``dhcp.lease`` info line
+whose fields are ``lease_fields``: type, mac, ip, subnet, rack, xid, interface and source (region, or cache when
+the rack's cache answered a renewal while the region was away).
 """
 
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -22,8 +27,9 @@ from typing import cast
 import structlog
 
 from metalbus_rack_dhcp.codec import DhcpDecodeError, DhcpEncodeError, decode_message, encode_message, reply_size_limit
-from metalbus_rack_dhcp.messages import UNSPECIFIED, DhcpMessage, MessageType
-from metalbus_rack_dhcp.policy import LeaseSource, RackView, Silence, decide
+from metalbus_rack_dhcp.lease_cache import answered_from_cache
+from metalbus_rack_dhcp.messages import UNSPECIFIED, DhcpMessage, MessageType, Option
+from metalbus_rack_dhcp.policy import LeaseSource, RackView, Silence, SilenceReason, decide, mac_text
 
 log = structlog.get_logger("metalbus.rack_dhcp")
 
@@ -57,9 +63,26 @@ def reply_destination(request: DhcpMessage, reply: DhcpMessage, client_port: int
     return Destination(reply.yiaddr, client_port, needs_neighbour=True)
 
 
+DECODE_DROP_PREFIX = "decode: "
+OVERLOADED = "overloaded"
+SOCKET_ERROR = "socket_error"
+ENCODE_ERROR = "encode_error"
+UNEXPECTED_ERROR = "unexpected_error"
+TRANSPORT_CLOSED = "transport_closed"
+DROP_REASONS = (OVERLOADED, SOCKET_ERROR, ENCODE_ERROR, UNEXPECTED_ERROR, TRANSPORT_CLOSED)
+"""Why a datagram gets no answer besides a decode error (counted as ``DECODE_DROP_PREFIX`` + its reason)."""
+
+
+def decode_drop(error: DhcpDecodeError) -> str:
+    """The drop counter's key of an undecodable datagram: the typed error's stable reason, never its text."""
+    return DECODE_DROP_PREFIX + error.reason
+
+
 @dataclass
 class ServerCounters:
-    """What the server saw: requests by message type, replies by type, drops and silences by reason."""
+    """What the server saw: requests by message type, replies by type, drops and silences by reason.
+
+    The one record of these counts: the Prometheus collector of ``metrics.py`` reads it at scrape time."""
 
     received: Counter[str] = field(default_factory=Counter)
     replied: Counter[str] = field(default_factory=Counter)
@@ -150,14 +173,14 @@ class DhcpProtocol(asyncio.DatagramProtocol):
         try:
             request = decode_message(data)
         except DhcpDecodeError as error:
-            self.counters.dropped[f"decode: {error.reason}"] += 1
+            self.counters.dropped[decode_drop(error)] += 1
             log.debug("dhcp.dropped", interface=self.interface, source=str(addr[0]), reason=error.reason)
             return
         except Exception as error:  # noqa: BLE001 — a codec bug must not reach the loop: counted, logged once
             self._count_unexpected(error)
             return
         if len(self.in_flight) >= self.max_in_flight:
-            self.counters.dropped["overloaded"] += 1
+            self.counters.dropped[OVERLOADED] += 1
             return
         kind = request.message_type
         self.counters.received[kind.name if kind is not None else "UNKNOWN"] += 1
@@ -166,7 +189,7 @@ class DhcpProtocol(asyncio.DatagramProtocol):
         task.add_done_callback(self.in_flight.discard)
 
     def error_received(self, exc: Exception) -> None:
-        self.counters.dropped["socket_error"] += 1
+        self.counters.dropped[SOCKET_ERROR] += 1
         log.debug("dhcp.socket_error", interface=self.interface, error=repr(exc))
 
     async def handle(self, request: DhcpMessage) -> None:
@@ -176,18 +199,20 @@ class DhcpProtocol(asyncio.DatagramProtocol):
             if isinstance(decision, Silence):
                 self.counters.silent[decision.reason.value] += 1
                 log.debug("dhcp.silent", interface=self.interface, reason=decision.reason.value, detail=decision.detail)
+                if decision.reason is SilenceReason.NO_REPLY_EXPECTED:
+                    self._log_lease(request, None)
                 return
             await self.send(request, decision)
         except asyncio.CancelledError:
             raise
         except DhcpEncodeError as error:
-            self.counters.dropped["encode_error"] += 1
+            self.counters.dropped[ENCODE_ERROR] += 1
             log.debug("dhcp.unencodable", interface=self.interface, error=str(error))
         except Exception as error:  # noqa: BLE001 — the loop must outlive any bug: counted, logged once
             self._count_unexpected(error)
 
     def _count_unexpected(self, error: Exception) -> None:
-        self.counters.dropped["unexpected_error"] += 1
+        self.counters.dropped[UNEXPECTED_ERROR] += 1
         if not self._logged_unexpected:
             self._logged_unexpected = True
             log.error("dhcp.unexpected_error", interface=self.interface, error=repr(error), exc_info=error)
@@ -199,11 +224,19 @@ class DhcpProtocol(asyncio.DatagramProtocol):
             self.counters.neighbour_fallbacks += 1
             destination = Destination(BROADCAST, self.client_port)
         if self.transport is None or self.transport.is_closing():
-            self.counters.dropped["transport_closed"] += 1
+            self.counters.dropped[TRANSPORT_CLOSED] += 1
             return
         self.transport.sendto(payload, (str(destination.address), destination.port))
         kind = reply.message_type
         self.counters.replied[kind.name if kind is not None else "UNKNOWN"] += 1
+        if request.message_type is not MessageType.INFORM:
+            self._log_lease(request, reply)
+
+    def _log_lease(self, request: DhcpMessage, reply: DhcpMessage | None) -> None:
+        if not log.is_enabled_for(logging.INFO):  # the fields cost more than the filtered call: skip them
+            return
+        source = "cache" if answered_from_cache() else "region"
+        log.info("dhcp.lease", **lease_fields(request, reply, self.rack.rack_id, source), interface=self.interface)
 
     async def _neighbour_for(self, reply: DhcpMessage) -> bool:
         if self.neighbour_setter is None:
@@ -219,6 +252,43 @@ class DhcpProtocol(asyncio.DatagramProtocol):
         for task in list(self.in_flight):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def lease_fields(request: DhcpMessage, reply: DhcpMessage | None, rack_id: str, source: str) -> dict[str, str | None]:
+    """The ``dhcp.lease`` line's fields: of the reply (OFFER, ACK, NAK) or, without one, of the request (RELEASE,
+    DECLINE). ``subnet`` is known only from a reply carrying an address and its mask (option 1)."""
+    kind = (reply or request).message_type
+    return {
+        "type": kind.name if kind is not None else "UNKNOWN",
+        "mac": mac_text(request),
+        "ip": _lease_address(request, reply),
+        "subnet": _subnet_of(reply) if reply is not None else None,
+        "rack": rack_id,
+        "xid": f"0x{request.xid:08x}",
+        "source": source,
+    }
+
+
+def _lease_address(request: DhcpMessage, reply: DhcpMessage | None) -> str | None:
+    """yiaddr of an OFFER or ACK; else what the client named: option 50 (DECLINE, INIT-REBOOT) or ciaddr."""
+    if reply is not None and reply.yiaddr != UNSPECIFIED:
+        return str(reply.yiaddr)
+    requested = request.option(Option.REQUESTED_IP)
+    if requested is not None and len(requested) == 4:
+        return str(IPv4Address(requested))
+    return str(request.ciaddr) if request.ciaddr != UNSPECIFIED else None
+
+
+def _subnet_of(reply: DhcpMessage) -> str | None:
+    """yiaddr's network in CIDR notation, from option 1; None without an address or a contiguous mask."""
+    mask_option = reply.option(Option.SUBNET_MASK)
+    if reply.yiaddr == UNSPECIFIED or mask_option is None or len(mask_option) != 4:
+        return None
+    mask = int.from_bytes(mask_option)
+    prefix = mask.bit_count()
+    if mask != (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF:
+        return None
+    return f"{IPv4Address(int(reply.yiaddr) & mask)}/{prefix}"
 
 
 async def serve_interface(

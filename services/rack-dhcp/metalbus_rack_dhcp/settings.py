@@ -21,6 +21,12 @@ class RackDhcpSettings(RackServiceSettings):
     max_in_flight: int = Field(default=256, ge=1, le=65536, description="Requests answered at once per interface.")
     lease_request_timeout_s: float = Field(default=2.0, gt=0, le=30)
     subnet_cache_s: float = Field(default=5.0, ge=0, le=300)
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="TCP port of GET /metrics (Prometheus text); 0: no metrics endpoint."
+    )
+    metrics_address: str = Field(
+        default="127.0.0.1", description="Address the metrics endpoint listens on (0.0.0.0: every interface)."
+    )
     snapshot_refresh_s: float = Field(
         default=30.0,
         gt=0,
