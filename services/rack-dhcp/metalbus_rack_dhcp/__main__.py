@@ -11,6 +11,7 @@ from metalbus.runner import run_until_signalled
 from metalbus.settings import load_settings
 from metalbus_rack_dhcp.lease_cache import CachedLeaseSource, snapshot_fetcher
 from metalbus_rack_dhcp.metrics import RackDhcpMetrics
+from metalbus_rack_dhcp.region_batches import BatchingLeaseSource
 from metalbus_rack_dhcp.region_client import RegionLeaseSource
 from metalbus_rack_dhcp.server import DhcpProtocol, ServerCounters, serve_interface
 from metalbus_rack_dhcp.settings import RackDhcpSettings
@@ -25,8 +26,17 @@ async def run_rack_dhcp(
     servers: list[DhcpProtocol] = []
     presence = asyncio.create_task(keep_present(bus, RackServiceKind.DHCP, settings, stop))
     region = RegionLeaseSource(bus, timeout_s=settings.lease_request_timeout_s, subnet_cache_s=settings.subnet_cache_s)
+    batching = (
+        BatchingLeaseSource(
+            bus, region, max_batch=settings.lease_batch_max, max_in_flight=settings.lease_batches_in_flight
+        )
+        if settings.lease_batch_max > 0
+        else None
+    )
     fetch_snapshot = snapshot_fetcher(bus, settings.rack_id, settings.lease_request_timeout_s)
-    leases = CachedLeaseSource(metrics.region.timed_source(region), metrics.region.timed_fetcher(fetch_snapshot))
+    leases = CachedLeaseSource(
+        metrics.region.timed_source(batching or region), metrics.region.timed_fetcher(fetch_snapshot)
+    )
     metrics.watch_cache(leases)
     cache = asyncio.create_task(leases.keep_fresh(stop, settings.snapshot_refresh_s))
     try:
@@ -42,6 +52,8 @@ async def run_rack_dhcp(
             await server.close()
         await presence
         await cache
+        if batching is not None:
+            await batching.close()
         await bus.drain()
 
 

@@ -44,7 +44,7 @@ class RegionLeaseSource:
 
     async def offer(self, request: LeaseOfferRequest) -> LeaseOffer:
         offer = await self.bus.request(LEASE_OFFER, request, timeout=self.timeout_s)
-        self._remember_subnet(offer.subnet)
+        self.remember_subnet(offer.subnet)
         return offer
 
     async def commit(self, request: LeaseCommitRequest) -> Lease:
@@ -66,7 +66,7 @@ class RegionLeaseSource:
             self._subnets, self._subnets_fetched_at = list(reply.subnets), now
         return self._subnets
 
-    def _remember_subnet(self, subnet: Subnet) -> None:
+    def remember_subnet(self, subnet: Subnet) -> None:
         """An offer brings its subnet as it is now: the following ACK must not see an older copy."""
         if self._subnets is not None:
             self._subnets = [known for known in self._subnets if known.subnet_id != subnet.subnet_id] + [subnet]

@@ -12,15 +12,28 @@ class RackDhcpSettings(RackServiceSettings):
     model_config = SettingsConfigDict(env_prefix="METALBUS_RACK_DHCP_", extra="ignore")
     SECTION: ClassVar[str] = "rack-dhcp"
 
-    listen_address: str = "0.0.0.0"
     port: int = Field(default=67, ge=1, le=65535)
     serve_interfaces: list[str] = Field(
         default_factory=list,
         description="Names of the interfaces to answer DHCP on (JSON list in the environment); none: presence only.",
     )
-    max_in_flight: int = Field(default=256, ge=1, le=65536, description="Requests answered at once per interface.")
+    max_in_flight: int = Field(
+        default=1024,
+        ge=1,
+        le=65536,
+        description="Requests answered at once per interface; more are dropped (counted as overloaded).",
+    )
     lease_request_timeout_s: float = Field(default=2.0, gt=0, le=30)
     subnet_cache_s: float = Field(default=5.0, ge=0, le=300)
+    lease_batch_max: int = Field(
+        default=256,
+        ge=0,
+        le=1024,
+        description="Most offers or commits sent to the region in one batch request; 0: one request each.",
+    )
+    lease_batches_in_flight: int = Field(
+        default=2, ge=1, le=64, description="Batches of one kind on their way to the region at once."
+    )
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="TCP port of GET /metrics (Prometheus text); 0: no metrics endpoint."
     )

@@ -108,28 +108,29 @@ class LeaseBatchHandlers:
 
     async def offer_batch(self, batch: LeaseOfferBatch) -> LeaseOfferBatchReply:
         now = self.ctx.clock()
-        results: dict[str, Outcome] = {}
         async with self.ctx.database.connection() as conn, conn.transaction():
             subnets = await subnet_store.list_subnets(conn)
-            by_subnet: dict[int, list[LeaseOfferRequest]] = {}
-            for mac, request in first_request_per_mac(batch.requests).items():
-                subnet = managed_subnet_for(subnets, request.link_address)
-                if subnet is None:
-                    results[mac] = NotFound(f"no managed subnet holds link address {request.link_address}")
-                else:
-                    by_subnet.setdefault(subnet.subnet_id, []).append(request)
+            homes = [managed_subnet_for(subnets, request.link_address) for request in batch.requests]
             changed: list[Lease] = []
+            offers: dict[tuple[int, str], Outcome] = {}
             for subnet in subnets:
-                if subnet.subnet_id in by_subnet:
-                    offers, subnet_changes = await self._offer_in_subnet(conn, subnet, by_subnet[subnet.subnet_id], now)
-                    results |= offers
+                asking = [request for request, home in zip(batch.requests, homes, strict=True) if home is subnet]
+                if asking:
+                    decided, subnet_changes = await self._offer_in_subnet(conn, subnet, asking, now)
+                    offers |= {(subnet.subnet_id, mac): outcome for mac, outcome in decided.items()}
                     changed += subnet_changes
             await record_events(conn, EVENT_LEASE, lease_event_builds(changed))
         if changed:
             self.ctx.outbox.wake()
-        offered_subnets = {result.subnet_id for result in results.values() if isinstance(result, Lease)}
+        outcomes: list[Outcome] = [
+            offers[(home.subnet_id, request.mac)]
+            if home is not None
+            else NotFound(f"no managed subnet holds link address {request.link_address}")
+            for request, home in zip(batch.requests, homes, strict=True)
+        ]
+        offered_subnets = {outcome.subnet_id for outcome in outcomes if isinstance(outcome, Lease)}
         return LeaseOfferBatchReply(
-            outcomes=[outcome_of(results[request.mac]) for request in batch.requests],
+            outcomes=[outcome_of(outcome) for outcome in outcomes],
             subnets=[subnet for subnet in subnets if subnet.subnet_id in offered_subnets],
         )
 
@@ -139,7 +140,7 @@ class LeaseBatchHandlers:
         """Offers for these MACs (one request each) and every lease that changed on the way (for events)."""
         changed = await lease_store.expire_stale(conn, subnet.subnet_id, now)
         results: dict[str, Outcome] = {}
-        pending = {request.mac: request for request in requests}
+        pending = first_request_per_mac(requests)
         for _ in range(MAX_OFFER_ATTEMPTS):
             if not pending:
                 break
