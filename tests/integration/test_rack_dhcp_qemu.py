@@ -279,7 +279,7 @@ def assert_answered_dora(served: Served, capture: DhcpCapture, mac: str, address
     iPXE does not set the broadcast flag, so every reply went unicast to the leased address at the guest's MAC
     (the server's neighbour entry path, without falling back to broadcast).
     """
-    assert served.counters.received["DISCOVER"] >= 1
+    assert served.counters.received["DISCOVER"] == 1  # option 175 no-pxedhcp: iPXE waits for no ProxyDHCP offer
     assert served.counters.received["REQUEST"] >= 1
     assert served.counters.replied["OFFER"] == served.counters.received["DISCOVER"]
     assert served.counters.replied["ACK"] == served.counters.received["REQUEST"]
@@ -298,6 +298,7 @@ def assert_replies_carry_the_ipxe_template(capture: DhcpCapture, link: Link, htt
     assert kinds == {MessageType.OFFER, MessageType.ACK}
     for reply in capture.replies:
         assert (reply.siaddr, reply.file, reply.option(Option.BOOTFILE_NAME)) == (rack_address, template, template)
+        assert reply.option(Option.IPXE_ENCAPSULATED) == bytes((176, 1, 1))  # no-pxedhcp
 
 
 def assert_every_request_is_ipxe_of_architecture(capture: DhcpCapture, architectures: set[tuple[int, ...]]) -> None:

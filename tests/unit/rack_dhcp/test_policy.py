@@ -284,6 +284,7 @@ CASES = {
             *LOCAL_LEASE_TIMES,
             (67, b"http://10.20.0.2:5248/ipxe.cfg-${mac}"),
             *LOCAL_SETTINGS,
+            (175, bytes((176, 1, 1))),  # iPXE no-pxedhcp
             yiaddr=ip("10.20.0.100"),
             siaddr=ip("10.20.0.2"),
             file=b"http://10.20.0.2:5248/ipxe.cfg-${mac}",
