@@ -138,6 +138,7 @@ class LeaseBatchHandlers:
         self, conn: DbConnection, subnet: Subnet, requests: list[LeaseOfferRequest], now: datetime
     ) -> tuple[dict[str, Outcome], list[Lease]]:
         """Offers for these MACs (one request each) and every lease that changed on the way (for events)."""
+        await lease_store.lock_pool(conn, subnet.subnet_id)
         changed = await lease_store.expire_stale(conn, subnet.subnet_id, now)
         results: dict[str, Outcome] = {}
         pending = first_request_per_mac(requests)
@@ -218,14 +219,15 @@ class LeaseBatchHandlers:
         async with self.ctx.database.connection() as conn, conn.transaction():
             subnets = await subnet_store.list_subnets(conn)
             results: list[Outcome | None] = [None] * len(batch.requests)
-            wanted: list[Lease] = []
+            wanted: dict[tuple[IPv4Address, str], Lease] = {}
             for index, request in enumerate(batch.requests):
                 subnet = managed_subnet_for(subnets, request.ip)
                 if subnet is None:
                     results[index] = Conflict(f"{request.ip} is not in a managed subnet")
                     continue
-                wanted.append(self._binding(request, subnet, now))
-            bound = {(lease.ip, lease.mac): lease for lease in await lease_store.bind_held(conn, wanted, now)}
+                wanted.setdefault((request.ip, request.mac), self._binding(request, subnet, now))
+            held = await lease_store.bind_held(conn, list(wanted.values()), now)
+            bound = {(lease.ip, lease.mac): lease for lease in held}
             await record_events(conn, EVENT_LEASE, lease_event_builds(list(bound.values())))
             for index, request in enumerate(batch.requests):
                 if results[index] is None:

@@ -18,6 +18,7 @@ HOLDING = "('offered', 'bound', 'declined')"
 ACTIVE = "('offered', 'bound')"
 # Two-key advisory locks (a key space apart from the single-key migration lock): class, then the address.
 ADDRESS_LOCK_CLASS = 0x6C65_6173  # "leas"
+POOL_LOCK_CLASS = 0x706F_6F6C  # "pool"
 _ADDRESS_LOCK = "pg_try_advisory_xact_lock($9, (($2::inet - '0.0.0.0'::inet) - 2147483648)::integer)"
 
 
@@ -290,6 +291,12 @@ async def list_leases(
 
 
 # -- many at once (rack-dhcp's batches) -----------------------------------------------------------------------
+async def lock_pool(conn: DbConnection, subnet_id: int) -> None:
+    """Take the subnet's address pool until the transaction ends: concurrent batches of offers would all pick
+    the same lowest free addresses and collide; queued one behind the other, each finds its own at once."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1, $2::integer)", POOL_LOCK_CLASS, subnet_id)
+
+
 async def latest_of_macs(conn: DbConnection, subnet_id: int, macs: list[str]) -> dict[str, Lease]:
     """``latest_of_mac`` for several MACs in one query; MACs without any lease in the subnet are absent."""
     rows = await conn.fetch(
@@ -306,12 +313,16 @@ async def latest_of_macs(conn: DbConnection, subnet_id: int, macs: list[str]) ->
 
 
 async def refresh_offers(conn: DbConnection, offers: list[Lease], expires_at: datetime, now: datetime) -> list[Lease]:
-    """Hold these offers (same address, same MAC, still offered) until ``expires_at``."""
+    """Hold these offers (same address, same MAC, still offered) until ``expires_at``. Rows are locked in
+    address order, as ``bind_held`` does, so concurrent batches never deadlock on each other's rows."""
     rows = await conn.fetch(
         f"""
-        UPDATE leases l SET expires_at = $3, updated_at = $4
-          FROM unnest($1::inet[], $2::macaddr[]) AS o(ip, mac)
-         WHERE l.ip = o.ip AND l.mac = o.mac AND l.state = 'offered'
+        WITH locked AS (
+            SELECT l.lease_id FROM leases l JOIN unnest($1::inet[], $2::macaddr[]) AS o(ip, mac)
+                ON l.ip = o.ip AND l.mac = o.mac
+             WHERE l.state = 'offered' ORDER BY l.ip FOR UPDATE OF l
+        )
+        UPDATE leases l SET expires_at = $3, updated_at = $4 FROM locked WHERE l.lease_id = locked.lease_id
         RETURNING {", ".join(f"l.{column}" for column in LEASE_COLUMNS.split(", "))}
         """,
         [offer.ip for offer in offers],
@@ -348,14 +359,20 @@ async def insert_leases(conn: DbConnection, leases: list[Lease], now: datetime) 
 
 async def bind_held(conn: DbConnection, bindings: list[Lease], now: datetime) -> list[Lease]:
     """Turn each MAC's offer (or binding) of the address into the binding given (expiry, rack, hostname when
-    set); requests whose MAC holds no such lease are not returned."""
+    set); requests whose MAC holds no such lease are not returned. One binding per (address, MAC). Rows are
+    locked in address order: two batches binding overlapping leases queue instead of deadlocking."""
     rows = await conn.fetch(
         f"""
-        UPDATE leases l SET state = 'bound', expires_at = b.expires_at, updated_at = $6, rack_id = b.rack_id,
-                            hostname = COALESCE(b.hostname, l.hostname)
-          FROM unnest($1::inet[], $2::macaddr[], $3::timestamptz[], $4::text[], $5::text[])
-            AS b(ip, mac, expires_at, rack_id, hostname)
-         WHERE l.ip = b.ip AND l.mac = b.mac AND l.state IN {ACTIVE}
+        WITH locked AS (
+            SELECT l.lease_id, b.expires_at, b.rack_id, b.hostname
+              FROM leases l
+              JOIN unnest($1::inet[], $2::macaddr[], $3::timestamptz[], $4::text[], $5::text[])
+                AS b(ip, mac, expires_at, rack_id, hostname) ON l.ip = b.ip AND l.mac = b.mac
+             WHERE l.state IN {ACTIVE} ORDER BY l.ip FOR UPDATE OF l
+        )
+        UPDATE leases l SET state = 'bound', expires_at = locked.expires_at, updated_at = $6,
+                            rack_id = locked.rack_id, hostname = COALESCE(locked.hostname, l.hostname)
+          FROM locked WHERE l.lease_id = locked.lease_id
         RETURNING {", ".join(f"l.{column}" for column in LEASE_COLUMNS.split(", "))}
         """,
         [lease.ip for lease in bindings],
