@@ -153,8 +153,11 @@ def _read_option_area(area: bytes, *, end_required: bool) -> list[tuple[int, byt
     return found
 
 
+_OVERLOAD = int(Option.OVERLOAD)  # a plain int: compared once per option of every packet
+
+
 def _overload_of(options: list[tuple[int, bytes]]) -> int:
-    values = [payload for code, payload in options if code == Option.OVERLOAD]
+    values = [payload for code, payload in options if code == _OVERLOAD]
     if not values:
         return 0
     value = b"".join(values)
@@ -168,7 +171,7 @@ def _merge_option_areas(areas: list[list[tuple[int, bytes]]]) -> dict[int, bytes
     merged: dict[int, bytes] = {}
     for area in areas:
         for code, payload in area:
-            if code != Option.OVERLOAD:
+            if code != _OVERLOAD:
                 merged[code] = merged.get(code, b"") + payload
     return merged
 

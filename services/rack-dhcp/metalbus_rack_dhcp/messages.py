@@ -76,6 +76,10 @@ class ClientArchitecture(IntEnum):
     ARM64_EFI_HTTP = 19
 
 
+_MESSAGE_TYPE = int(Option.MESSAGE_TYPE)
+_MESSAGE_TYPES = {int(kind): kind for kind in MessageType}
+
+
 @dataclass(frozen=True)
 class DhcpMessage:
     """One DHCPv4 message. ``chaddr`` is the full 16-byte field; ``mac`` is its first ``hlen`` bytes."""
@@ -109,10 +113,10 @@ class DhcpMessage:
 
     @property
     def message_type(self) -> MessageType | None:
-        value = self.option(Option.MESSAGE_TYPE)
-        if value is None or len(value) != 1 or value[0] not in MessageType._value2member_map_:
+        value = self.option(_MESSAGE_TYPE)
+        if value is None or len(value) != 1:
             return None
-        return MessageType(value[0])
+        return _MESSAGE_TYPES.get(value[0])
 
     @property
     def broadcast(self) -> bool:

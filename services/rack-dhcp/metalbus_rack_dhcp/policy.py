@@ -247,7 +247,7 @@ _HANDLERS: dict[MessageType, Handler] = {
 
 
 def mac_text(message: DhcpMessage) -> str:
-    return ":".join(f"{octet:02x}" for octet in message.mac)
+    return message.mac.hex(":")
 
 
 def link_address(message: DhcpMessage, rack: RackView) -> IPv4Address:
