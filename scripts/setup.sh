@@ -12,7 +12,7 @@ debian_packages=(postgresql ca-certificates iproute2 curl pxelinux syslinux-comm
   grub-common shim-signed ipxe)
 # What the tests boot and talk to: real DHCP/TFTP clients, qemu with iPXE ROMs and UEFI firmware.
 test_packages=(isc-dhcp-client udhcpc isc-dhcp-relay qemu-system-x86 ipxe-qemu ovmf tftp-hpa atftp iproute2
-  linux-image-amd64 busybox-static openipmi ipmitool)
+  linux-image-amd64 busybox-static openipmi ipmitool nftables)
 python=${PYTHON:-python3}
 
 [ "$with_test" = 1 ] && debian_packages+=("${test_packages[@]}")

@@ -1,0 +1,1 @@
+"""Unit tests of rack-tftp: packet codec, option negotiation, boot-root confinement."""
