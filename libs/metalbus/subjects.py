@@ -61,7 +61,16 @@ from metalbus.contracts.metadata import (
     ScriptResultList,
     SignalAck,
 )
-from metalbus.contracts.power import MachinePowerRequest, PowerCommand, PowerEvent, PowerResult
+from metalbus.contracts.power import (
+    MachinePowerRequest,
+    PowerCommand,
+    PowerEvent,
+    PowerObservation,
+    PowerObservationAck,
+    PowerResult,
+    PowerTargets,
+    PowerTargetsQuery,
+)
 from metalbus.contracts.racks import (
     RackList,
     RackListQuery,
@@ -294,6 +303,20 @@ METADATA_SIGNAL = RequestSubject(
     "Script results and the final OK/FAILED of the token's own machine.",
 )
 
+# -- region: power polling (asked by each rack's rack-power) -------------------------------------------
+POWER_TARGETS = RequestSubject(
+    "region.power.targets",
+    PowerTargetsQuery,
+    PowerTargets,
+    "The machines whose BMC the asking rack reaches (ipmi, redfish), with their power parameters, to poll.",
+)
+POWER_OBSERVED = RequestSubject(
+    "region.power.observed",
+    PowerObservation,
+    PowerObservationAck,
+    "A rack saw a machine's power state change; the region records it and emits a power event.",
+)
+
 # -- racks (served by one rack) -------------------------------------------------------------------------
 RACK_POWER_COMMAND = RequestSubject(
     "rack.{rack_id}.power.command",
@@ -356,6 +379,8 @@ REQUEST_SUBJECTS: tuple[RequestSubject[Message, Message], ...] = (
     BOOT_RESOURCE_LIST,
     METADATA_READ,
     METADATA_SIGNAL,
+    POWER_TARGETS,
+    POWER_OBSERVED,
     RACK_POWER_COMMAND,
 )  # type: ignore[assignment]
 EVENT_SUBJECTS: tuple[EventSubject[Message], ...] = (

@@ -9,6 +9,7 @@ from pydantic import Field
 from metalbus.contracts.base import Message, examples
 from metalbus.contracts.common import IdempotencyKey, SystemId
 from metalbus.contracts.machines import PowerType
+from metalbus.contracts.racks import RACK_ID_PATTERN
 
 
 class PowerAction(StrEnum):
@@ -88,3 +89,55 @@ class MachinePowerRequest(Message):
 
     system_id: SystemId
     action: PowerAction
+
+
+class PowerTargetsQuery(Message):
+    """A rack's rack-power asks which machines to poll: those with a BMC (ipmi, redfish) on its networks."""
+
+    model_config = examples({"schema_version": 1, "rack_id": "rack-1"})
+
+    rack_id: str = Field(pattern=RACK_ID_PATTERN)
+
+
+class PowerTargetSpec(Message):
+    """One machine to poll; ``secrets`` travel only here and are never logged."""
+
+    model_config = examples(
+        {
+            "schema_version": 1,
+            "system_id": "x7kq2m",
+            "power_type": "ipmi",
+            "parameters": {"address": "10.0.0.21", "port": 623, "username": "admin"},
+            "secrets": {"password": "s3cret"},
+        }
+    )
+
+    system_id: SystemId
+    power_type: PowerType
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(default_factory=dict, repr=False)
+
+
+class PowerTargets(Message):
+    model_config = examples({"schema_version": 1, "targets": []})
+
+    targets: list[PowerTargetSpec]
+
+
+class PowerObservation(Message):
+    """A rack saw a machine's power state change (polling reports changes only)."""
+
+    model_config = examples({"schema_version": 1, "system_id": "x7kq2m", "rack_id": "rack-1", "state": "on"})
+
+    system_id: SystemId
+    rack_id: str = Field(pattern=RACK_ID_PATTERN)
+    state: PowerState
+
+
+class PowerObservationAck(Message):
+    """``changed``: the region's recorded state differed and was updated (a power event was recorded)."""
+
+    model_config = examples({"schema_version": 1, "system_id": "x7kq2m", "changed": True})
+
+    system_id: SystemId
+    changed: bool

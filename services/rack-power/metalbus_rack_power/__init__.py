@@ -1,1 +1,1 @@
-"""rack-power: BMC control over IPMI, Redfish or manual (drivers land with their own issue)."""
+"""rack-power: BMC control over IPMI, Redfish or manual, served per rack, with power-state polling."""

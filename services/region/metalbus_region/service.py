@@ -6,7 +6,7 @@ import contextlib
 import structlog
 
 from metalbus.bus import Bus
-from metalbus_region import apikeys, boot, commissioning, lease_batches, leases, machines, metadata
+from metalbus_region import apikeys, boot, commissioning, lease_batches, leases, machines, metadata, power_polling
 from metalbus_region.context import RegionContext, Route
 from metalbus_region.database import Database
 from metalbus_region.handlers import RegionHandlers
@@ -25,6 +25,7 @@ def all_routes(ctx: RegionContext) -> list[Route]:
         *boot.routes(ctx),
         *metadata.routes(ctx),
         *apikeys.routes(ctx),
+        *power_polling.routes(ctx),
     ]
 
 
