@@ -317,6 +317,12 @@ POWER_OBSERVED = RequestSubject(
     "A rack saw a machine's power state change; the region records it and emits a power event.",
 )
 
+# -- region: DNS zones (asked by rack-proxy) --------------------------------------------------------------
+# (DNS subjects go here)
+
+# -- region: syslog (relayed by rack-proxy) ---------------------------------------------------------------
+# (syslog subjects go here)
+
 # -- racks (served by one rack) -------------------------------------------------------------------------
 RACK_POWER_COMMAND = RequestSubject(
     "rack.{rack_id}.power.command",
@@ -381,6 +387,8 @@ REQUEST_SUBJECTS: tuple[RequestSubject[Message, Message], ...] = (
     METADATA_SIGNAL,
     POWER_TARGETS,
     POWER_OBSERVED,
+    # (DNS request subjects go here)
+    # (syslog request subjects go here)
     RACK_POWER_COMMAND,
 )  # type: ignore[assignment]
 EVENT_SUBJECTS: tuple[EventSubject[Message], ...] = (
@@ -389,5 +397,6 @@ EVENT_SUBJECTS: tuple[EventSubject[Message], ...] = (
     EVENT_LEASE,
     EVENT_POWER,
     EVENT_RESULT,
+    # (syslog event subjects go here)
 )  # type: ignore[assignment]
 STREAMS: tuple[StreamSpec, ...] = (EVENTS_STREAM,)
