@@ -1,0 +1,68 @@
+"""The region as rack-tftp's source of boot decisions: BOOT_CONFIG requests and machine events, over the bus.
+
+The only place rack-tftp's boot configs talk to NATS. Every request carries an explicit timeout; any typed error
+of the region or the bus (Unavailable, Timeout, a missing boot resource, a machine without credentials, …) is a
+``FileRefused(UNAVAILABLE)``: the loader gets TFTP error 0 / HTTP 503 with the region's words and goes on to its
+next config name. Machine events are followed on plain NATS (the region publishes them into JetStream, whose
+subjects core subscribers see too), so a rack needs no durable consumer and replays nothing it missed: what it
+missed while disconnected is bounded by the cache's TTL.
+"""
+
+from collections.abc import Callable
+from ipaddress import IPv4Address
+
+import nats.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import ValidationError
+
+from metalbus.bus import Bus
+from metalbus.contracts.boot import BootConfig, BootConfigQuery
+from metalbus.contracts.common import Architecture
+from metalbus.contracts.errors import MetalbusError, Unavailable
+from metalbus.contracts.machines import MachineEvent
+from metalbus.subjects import BOOT_CONFIG, EVENT_MACHINE, wildcard
+from metalbus_rack_tftp.sources import FileRefused, RefusalReason
+
+log = structlog.get_logger("metalbus.rack_tftp.region")
+
+DEFAULT_TIMEOUT_S = 2.0
+"""Loaders retry a config request after a few seconds (pxelinux, iPXE): answer well before that."""
+
+
+class RegionBootConfigs:
+    """Asks the region what a MAC boots; follows machine status changes."""
+
+    def __init__(self, bus: Bus, *, rack_id: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.bus = bus
+        self.rack_id = rack_id
+        self.timeout_s = timeout_s
+
+    async def boot_config(self, mac: str, architecture: Architecture, rack_address: IPv4Address) -> BootConfig:
+        query = BootConfigQuery(mac=mac, architecture=architecture, rack_id=self.rack_id, rack_address=rack_address)
+        try:
+            return await self.bus.request(BOOT_CONFIG, query, timeout=self.timeout_s)
+        except MetalbusError as error:
+            log.info("boot_config.refused", mac=mac, architecture=architecture.value, code=error.code.value)
+            raise FileRefused(
+                RefusalReason.UNAVAILABLE, f"no boot decision for {mac} from the region: {error.message}"
+            ) from error
+
+    async def follow_machine_events(self, on_event: Callable[[MachineEvent], None]) -> Subscription:
+        """Call ``on_event`` for every machine event from now on (until the subscription is unsubscribed)."""
+
+        async def receive(msg: Msg) -> None:
+            try:
+                event = MachineEvent.from_json_bytes(msg.data)
+            except ValidationError as error:
+                log.debug("machine_event.unreadable", subject=msg.subject, error=str(error))
+                return
+            on_event(event)
+
+        try:
+            subscription = await self.bus.client.subscribe(wildcard(EVENT_MACHINE.pattern), cb=receive)
+            await self.bus.client.flush(timeout=self.timeout_s)  # type: ignore[arg-type]  # floats work
+        except (nats.errors.Error, TimeoutError) as error:
+            raise Unavailable(f"cannot follow machine events: {error!r}") from error
+        return subscription
