@@ -41,10 +41,14 @@ def stack_env() -> Iterator[tuple[Path, dict[str, str]]]:
         "NATS_MONITOR_PORT": free_port(),
         "POSTGRES_PORT": free_port(),
         "API_PORT": free_port(),
+        "TFTP_PORT": free_port(),
+        "RACK_HTTP_PORT": free_port(),
     }
     env = os.environ | {f"METALBUS_STACK_{name}": str(port) for name, port in ports.items()}
     env["METALBUS_STACK_HEARTBEAT_INTERVAL_S"] = "0.5"
     state_dir = root / "state"
+    boot_files_script = Path(__file__).resolve().parents[2] / "scripts" / "boot-files.sh"
+    subprocess.run(["bash", str(boot_files_script), str(state_dir / "boot")], check=True, capture_output=True)
     try:
         yield state_dir, env
     finally:
@@ -60,6 +64,17 @@ def live_components(state_dir: Path) -> list[str]:
 def rack_first_seen(api_port: str) -> dict[str, str]:
     body = httpx.get(f"http://127.0.0.1:{api_port}/api/v1/health", timeout=10).json()
     return {s["service"]: s["first_seen"] for rack in body["racks"] for s in rack["services"]}
+
+
+def assert_rack_serves_bootloaders(env: dict[str, str]) -> None:
+    """The stack's rack-tftp serves the Debian bootloader over TFTP (curl) and HTTP, byte for byte."""
+    debian = Path("/usr/lib/PXELINUX/lpxelinux.0").read_bytes()
+    tftp_url = f"tftp://127.0.0.1:{env['METALBUS_STACK_TFTP_PORT']}/lpxelinux.0"
+    fetched = subprocess.run(["curl", "-sS", "--max-time", "20", tftp_url], capture_output=True, timeout=30)
+    assert fetched.returncode == 0, fetched.stderr
+    assert fetched.stdout == debian
+    http_url = f"http://127.0.0.1:{env['METALBUS_STACK_RACK_HTTP_PORT']}/lpxelinux.0"
+    assert httpx.get(http_url, timeout=10).content == debian
 
 
 def test_up_status_health_down_and_up_again_reusing_the_data(stack_env: tuple[Path, dict[str, str]]) -> None:
@@ -88,6 +103,7 @@ def test_up_status_health_down_and_up_again_reusing_the_data(stack_env: tuple[Pa
     assert body["database"]["ok"]
     first_seen = rack_first_seen(api_port)
     assert sorted(first_seen) == ["rack-dhcp", "rack-power", "rack-proxy", "rack-tftp"]
+    assert_rack_serves_bootloaders(env)
 
     again = metalbus(state_dir, env, "up")
     assert again.returncode == 1

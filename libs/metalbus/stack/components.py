@@ -116,6 +116,8 @@ def stack_components(settings: StackSettings, layout: StackLayout, cluster: Post
                     prefix + "SHARED_SECRET": secret,
                 }
                 env |= {prefix + name: str(port) for name, port in rack_service_ports(settings, kind).items()}
+                if kind is RackServiceKind.TFTP:
+                    env[prefix + "BOOT_ROOT"] = str(layout.boot_root)
                 module = "metalbus_" + kind.value.replace("-", "_")
                 return replace(component, argv=python_module(module), env=base_env() | env)
 

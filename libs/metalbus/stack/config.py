@@ -51,6 +51,11 @@ class StackLayout:
         return self.root / "logs"
 
     @property
+    def boot_root(self) -> Path:
+        """What the rack serves to booting machines (``scripts/boot-files.sh <state_dir>/boot`` fills it)."""
+        return self.root / "boot"
+
+    @property
     def run(self) -> Path:
         return self.root / "run"
 
