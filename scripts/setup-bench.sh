@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debian_packages=(kea-dhcp4-server kea-admin isc-dhcp-server dnsmasq tftpd-hpa)
+debian_packages=(kea-dhcp4-server kea-admin isc-dhcp-server dnsmasq tftpd-hpa dnsperf)
 # Where these packages' daemons write their pid when their init scripts start them.
 daemon_pid_files=(/run/kea/kea-dhcp4.kea-dhcp4.pid /run/kea/kea-ctrl-agent.kea-ctrl-agent.pid /run/dhcpd.pid
   /var/run/dhcpd.pid /run/dnsmasq/dnsmasq.pid /run/tftpd-hpa.pid /var/run/tftpd-hpa.pid)

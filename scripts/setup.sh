@@ -12,7 +12,7 @@ debian_packages=(postgresql ca-certificates iproute2 curl pxelinux syslinux-comm
   grub-common shim-signed ipxe)
 # What the tests boot and talk to: real DHCP/TFTP clients, qemu with iPXE ROMs and UEFI firmware.
 test_packages=(isc-dhcp-client udhcpc isc-dhcp-relay qemu-system-x86 ipxe-qemu ovmf tftp-hpa atftp iproute2
-  linux-image-amd64 busybox-static openipmi ipmitool nftables)
+  linux-image-amd64 busybox-static openipmi ipmitool nftables cloud-init dpkg-dev bind9-dnsutils)
 python=${PYTHON:-python3}
 
 [ "$with_test" = 1 ] && debian_packages+=("${test_packages[@]}")
@@ -42,6 +42,9 @@ if [ "$need_apt" = 1 ]; then
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.metalbus
   chmod +x /usr/sbin/policy-rc.d.metalbus
   [ -e /usr/sbin/policy-rc.d ] || ln -s policy-rc.d.metalbus /usr/sbin/policy-rc.d
+  # cloud-init is here for its MAAS datasource code, which the tests run against a rack; the marker file keeps
+  # it from ever configuring this host (a systemd host would otherwise run it at the next boot).
+  mkdir -p /etc/cloud && touch /etc/cloud/cloud-init.disabled
   apt-get install -y -qq --no-install-recommends "${debian_packages[@]}" >/dev/null
   remove_policy
   trap - EXIT
