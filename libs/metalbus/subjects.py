@@ -18,6 +18,7 @@ from metalbus.contracts.boot import (
     BootResourceList,
     BootResourceListQuery,
 )
+from metalbus.contracts.dns import DnsZone, DnsZoneQuery
 from metalbus.contracts.health import HealthQuery, RegionHealth, ReplicaPresent, ReplicaRollCall
 from metalbus.contracts.leases import (
     Lease,
@@ -56,10 +57,13 @@ from metalbus.contracts.metadata import (
     HardwareInventory,
     MetadataRead,
     MetadataSignal,
+    MetadataStatusReport,
     MetadataValue,
     ResultEvent,
     ScriptResultList,
     SignalAck,
+    StatusReportAck,
+    StatusReportEvent,
 )
 from metalbus.contracts.power import (
     MachinePowerRequest,
@@ -79,6 +83,7 @@ from metalbus.contracts.racks import (
     RackServiceEvent,
     RackServiceHeartbeat,
 )
+from metalbus.contracts.syslog import SyslogAck, SyslogBatch, SyslogEvent
 
 RequestT = TypeVar("RequestT", bound=Message)
 ReplyT = TypeVar("ReplyT", bound=Message)
@@ -302,6 +307,12 @@ METADATA_SIGNAL = RequestSubject(
     SignalAck,
     "Script results and the final OK/FAILED of the token's own machine.",
 )
+METADATA_STATUS = RequestSubject(
+    "region.metadata.status",
+    MetadataStatusReport,
+    StatusReportAck,
+    "An event of cloud-init's MAAS reporter (status/<system_id>) for the token's own machine: recorded as an event.",
+)
 
 # -- region: power polling (asked by each rack's rack-power) -------------------------------------------
 POWER_TARGETS = RequestSubject(
@@ -318,9 +329,27 @@ POWER_OBSERVED = RequestSubject(
 )
 
 # -- region: DNS zones (asked by rack-proxy) --------------------------------------------------------------
+DNS_ZONE = RequestSubject(
+    "region.dns.zone",
+    DnsZoneQuery,
+    DnsZone,
+    "The internal DNS zone a rack-proxy serves: subnet names to healthy racks, hostnames to bound leases.",
+)
 # (DNS subjects go here)
 
 # -- region: syslog (relayed by rack-proxy) ---------------------------------------------------------------
+SYSLOG_INTAKE = RequestSubject(
+    "region.syslog.intake",
+    SyslogBatch,
+    SyslogAck,
+    "A rack relays a batch of syslog lines; each is stored, attributed to a machine by its source's bound lease.",
+)
+EVENT_SYSLOG = EventSubject(
+    "events.syslog.{system_id}",
+    SyslogEvent,
+    "A machine logged lines (one summary per relayed batch; the lines are in PostgreSQL); system_id 'unknown' "
+    "for lines no machine could be found for.",
+)
 # (syslog subjects go here)
 
 # -- racks (served by one rack) -------------------------------------------------------------------------
@@ -343,6 +372,9 @@ EVENT_MACHINE = EventSubject("events.machine.{system_id}", MachineEvent, "A mach
 EVENT_LEASE = EventSubject("events.lease.{subnet_id}", LeaseEvent, "A lease changed state.")
 EVENT_POWER = EventSubject("events.power.{system_id}", PowerEvent, "A machine was powered on/off or queried.")
 EVENT_RESULT = EventSubject("events.result.{system_id}", ResultEvent, "A commissioning script result was stored.")
+EVENT_CLOUD_INIT = EventSubject(
+    "events.cloud-init.{system_id}", StatusReportEvent, "A machine's cloud-init reported a stage's start or finish."
+)
 
 EVENTS_STREAM = StreamSpec(
     name="METALBUS_EVENTS",
@@ -385,9 +417,12 @@ REQUEST_SUBJECTS: tuple[RequestSubject[Message, Message], ...] = (
     BOOT_RESOURCE_LIST,
     METADATA_READ,
     METADATA_SIGNAL,
+    METADATA_STATUS,
     POWER_TARGETS,
     POWER_OBSERVED,
+    DNS_ZONE,
     # (DNS request subjects go here)
+    SYSLOG_INTAKE,
     # (syslog request subjects go here)
     RACK_POWER_COMMAND,
 )  # type: ignore[assignment]
@@ -397,6 +432,8 @@ EVENT_SUBJECTS: tuple[EventSubject[Message], ...] = (
     EVENT_LEASE,
     EVENT_POWER,
     EVENT_RESULT,
+    EVENT_CLOUD_INIT,
+    EVENT_SYSLOG,
     # (syslog event subjects go here)
 )  # type: ignore[assignment]
 STREAMS: tuple[StreamSpec, ...] = (EVENTS_STREAM,)

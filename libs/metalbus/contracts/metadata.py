@@ -232,3 +232,61 @@ class ScriptResultList(Message):
 
     system_id: SystemId
     results: list[StoredScriptResult]
+
+
+# -- cloud-init's MAAS reporter: POST status/<system_id> (a JSON event per stage) -----------------------------------
+
+_STATUS_REPORT = {
+    "event_type": "finish",
+    "origin": "cloudinit",
+    "name": "modules-final",
+    "description": "running modules for final",
+    "result": "SUCCESS",
+    "timestamp": 1764043200.5,
+}
+
+
+class MetadataStatusReport(Message):
+    """One event cloud-init's reporting webhook posted to ``status/<system_id>``, for the token's own machine.
+
+    The rack truncates long texts rather than refusing them: a progress report is never worth failing a boot.
+    """
+
+    model_config = examples({"schema_version": 1, "credentials": _CREDENTIALS, "system_id": "x7kq2m"} | _STATUS_REPORT)
+
+    credentials: OAuthCredentials
+    system_id: SystemId
+    event_type: str = Field(min_length=1, max_length=40)
+    origin: str = Field(default="", max_length=40)
+    name: str = Field(default="", max_length=255)
+    description: str = Field(default="", max_length=2000)
+    result: str | None = Field(default=None, max_length=40)
+    timestamp: float | None = Field(default=None, ge=0, le=253402300799)
+    """Seconds since the epoch on the machine's clock, as cloud-init sends it."""
+
+
+class StatusReportAck(Message):
+    model_config = examples({"schema_version": 1, "system_id": "x7kq2m"})
+
+    system_id: SystemId
+
+
+class StatusReportEvent(Message):
+    """On ``events.cloud-init.<system_id>``: a machine's cloud-init reported a stage's start or finish."""
+
+    model_config = examples(
+        {"schema_version": 1, "sequence": 12, "system_id": "x7kq2m", "reported_at": "2025-11-25T04:00:00.5Z",
+         "at": "2026-11-25T06:00:00Z"}
+        | {key: value for key, value in _STATUS_REPORT.items() if key != "timestamp"}
+    )  # fmt: skip
+
+    sequence: int
+    system_id: SystemId
+    event_type: str
+    origin: str
+    name: str
+    description: str
+    result: str | None
+    reported_at: datetime | None
+    """The machine's own clock (may be wrong); ``at`` is the region's."""
+    at: datetime

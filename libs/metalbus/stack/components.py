@@ -1,5 +1,6 @@
 """The stack's components in start order: how each is launched and what "ready" means for it."""
 
+import json
 import os
 import signal
 import sys
@@ -64,12 +65,7 @@ def rack_service_ports(settings: StackSettings, kind: RackServiceKind) -> dict[s
         RackServiceKind.DHCP: {"PORT": settings.dhcp_port},
         RackServiceKind.TFTP: {"PORT": settings.tftp_port, "HTTP_PORT": settings.rack_http_port},
         RackServiceKind.POWER: {},
-        RackServiceKind.PROXY: {
-            "HTTP_PORT": settings.rack_http_port,
-            "APT_PROXY_PORT": settings.apt_proxy_port,
-            "DNS_PORT": settings.dns_port,
-            "SYSLOG_PORT": settings.syslog_port,
-        },
+        RackServiceKind.PROXY: {"APT_PROXY_PORT": settings.apt_proxy_port, "DNS_PORT": settings.dns_port},
     }[kind]
 
 
@@ -118,6 +114,9 @@ def stack_components(settings: StackSettings, layout: StackLayout, cluster: Post
                 env |= {prefix + name: str(port) for name, port in rack_service_ports(settings, kind).items()}
                 if kind is RackServiceKind.TFTP:
                     env[prefix + "BOOT_ROOT"] = str(layout.boot_root)
+                if kind is RackServiceKind.PROXY:
+                    env[prefix + "SYSLOG_PORTS"] = json.dumps([settings.syslog_port])
+                    env[prefix + "APT_CACHE_DIR"] = str(layout.root / "apt-cache")
                 module = "metalbus_" + kind.value.replace("-", "_")
                 return replace(component, argv=python_module(module), env=base_env() | env)
 

@@ -1,7 +1,8 @@
 """Run rack-tftp (``python -m metalbus_rack_tftp``): presence, TFTP and HTTP boot serving one chain of files.
 
 Both servers ask the same sources: per-machine boot configs rendered from the region's answer (cached per MAC,
-dropped on machine events), then the static boot root that ``scripts/boot-files.sh`` fills.
+dropped on machine events), then the static boot root that ``scripts/boot-files.sh`` fills. The HTTP server also
+carries the machines' metadata under ``/MAAS`` (rack-proxy's metadata app), as a MAAS rack's port 5248 does.
 """
 
 import asyncio
@@ -14,6 +15,7 @@ from metalbus.logging import configure_logging
 from metalbus.rack_presence import keep_present
 from metalbus.runner import run_until_signalled
 from metalbus.settings import load_settings
+from metalbus_rack_proxy.metadata_app import BusMetadataRegion, MetadataApp
 from metalbus_rack_tftp.boot_config_cache import BootConfigCache
 from metalbus_rack_tftp.boot_root import StaticBootRoot
 from metalbus_rack_tftp.dynamic_files import DynamicBootFiles
@@ -37,6 +39,14 @@ def boot_files(settings: RackTftpSettings, cache: BootConfigCache) -> FileSource
     return FirstThatServes([rendered, StaticBootRoot(settings.boot_root)])
 
 
+def metadata_app(settings: RackTftpSettings, bus: Bus) -> MetadataApp:
+    """The machines' metadata under ``/MAAS`` on this server (rack-proxy's app: one HTTP server per rack)."""
+    region = BusMetadataRegion(
+        bus, read_timeout_s=settings.metadata_read_timeout_s, signal_timeout_s=settings.metadata_signal_timeout_s
+    )
+    return MetadataApp(region, max_upload_bytes=settings.metadata_max_upload_bytes)
+
+
 async def run_rack_tftp(settings: RackTftpSettings, stop: asyncio.Event) -> None:
     """Stay present and serve TFTP and HTTP boot until ``stop``."""
     if not settings.boot_root.is_dir():
@@ -56,7 +66,11 @@ async def run_rack_tftp(settings: RackTftpSettings, stop: asyncio.Event) -> None
         try:
             tftp = await serve_tftp(settings.listen_address, settings.port, source, settings.tftp_settings())
             http = await serve_http_boot(
-                settings.listen_address, settings.http_port, source, stall_timeout=settings.http_stall_timeout_s
+                settings.listen_address,
+                settings.http_port,
+                source,
+                metadata_app=metadata_app(settings, bus),
+                stall_timeout=settings.http_stall_timeout_s,
             )
         except OSError as error:
             raise SystemExit(f"metalbus-rack-tftp: cannot listen on {settings.listen_address}: {error}") from None

@@ -39,6 +39,14 @@ class RackTftpSettings(RackServiceSettings):
     max_retry_timeout_s: float = Field(default=5.0, gt=0, le=255)
     max_retries: int = Field(default=5, ge=0, le=50)
     http_stall_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    metadata_max_upload_bytes: int = Field(
+        default=768 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest signal a machine may POST (under NATS's 1 MiB).",
+    )
+    metadata_read_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    metadata_signal_timeout_s: float = Field(default=15.0, gt=0, le=120)
 
     def tftp_settings(self) -> TftpServerSettings:
         return TftpServerSettings(

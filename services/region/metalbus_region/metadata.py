@@ -17,28 +17,36 @@ inventory arrived during this commissioning, and fails with "no hardware invento
 COMMISSIONING only store. Leaving commissioning revokes the machine's token and sets its boot purpose back to
 local (``machine_store.leave_commissioning``). A final OK/FAILED for a machine that is not commissioning is
 InvalidTransition, and its results are stored all the same.
+
+A status report (cloud-init's MAAS reporter, ``status/<system_id>``) for the token's own machine is recorded as an
+event on ``events.cloud-init.<system_id>`` and changes nothing else; for another machine it is Forbidden.
 """
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 
-from metalbus.contracts.errors import InvalidTransition, NotFound
+from metalbus.contracts.errors import Forbidden, InvalidTransition, NotFound
 from metalbus.contracts.machines import MachineAction, MachineStatus
 from metalbus.contracts.metadata import (
     INVENTORY_RESULT_NAME,
     MetadataItem,
     MetadataRead,
     MetadataSignal,
+    MetadataStatusReport,
     MetadataValue,
     SignalAck,
     SignalStatus,
+    StatusReportAck,
+    StatusReportEvent,
 )
 from metalbus.db.pool import DbConnection
-from metalbus.subjects import METADATA_READ, METADATA_SIGNAL
+from metalbus.subjects import EVENT_CLOUD_INIT, METADATA_READ, METADATA_SIGNAL, METADATA_STATUS
 from metalbus_region import results_store
 from metalbus_region.context import RegionContext, Route
 from metalbus_region.machine_store import leave_commissioning
+from metalbus_region.outbox import record_event
 from metalbus_region.tokens import machine_for_token
 from metalbus_region.transitions import apply_action
 
@@ -61,7 +69,7 @@ def commissioning_script() -> str:
 def routes(ctx: RegionContext) -> list[Route]:
     commissioning_script()  # read the file now, not on the event loop during a request
     area = MetadataArea(ctx)
-    return [(METADATA_READ, area.read), (METADATA_SIGNAL, area.signal)]
+    return [(METADATA_READ, area.read), (METADATA_SIGNAL, area.signal), (METADATA_STATUS, area.status_report)]
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,35 @@ class MetadataArea:
         if outcome.refusal is not None:
             raise InvalidTransition(outcome.refusal)
         return SignalAck(system_id=outcome.system_id, status=outcome.status)
+
+    async def status_report(self, report: MetadataStatusReport) -> StatusReportAck:
+        async with self.database.connection() as conn, conn.transaction():
+            system_id = await machine_for_token(conn, report.credentials)
+            if system_id != report.system_id:
+                raise Forbidden(f"the credentials are not machine {report.system_id}'s")
+            await record_event(
+                conn,
+                EVENT_CLOUD_INIT,
+                lambda sequence, at: status_report_event(report, sequence, at),
+                system_id=system_id,
+            )
+        self.outbox.wake()
+        return StatusReportAck(system_id=system_id)
+
+
+def status_report_event(report: MetadataStatusReport, sequence: int, at: datetime) -> StatusReportEvent:
+    reported_at = None if report.timestamp is None else datetime.fromtimestamp(report.timestamp, UTC)
+    return StatusReportEvent(
+        sequence=sequence,
+        system_id=report.system_id,
+        event_type=report.event_type,
+        origin=report.origin,
+        name=report.name,
+        description=report.description,
+        result=report.result,
+        reported_at=reported_at,
+        at=at,
+    )
 
 
 def item_content(item: MetadataItem, system_id: str, hostname: str, status: MachineStatus) -> str:

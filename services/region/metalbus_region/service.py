@@ -6,7 +6,18 @@ import contextlib
 import structlog
 
 from metalbus.bus import Bus
-from metalbus_region import apikeys, boot, commissioning, lease_batches, leases, machines, metadata, power_polling
+from metalbus_region import (
+    apikeys,
+    boot,
+    commissioning,
+    dns_zones,
+    lease_batches,
+    leases,
+    machines,
+    metadata,
+    power_polling,
+    syslog_intake,
+)
 from metalbus_region.context import RegionContext, Route
 from metalbus_region.database import Database
 from metalbus_region.handlers import RegionHandlers
@@ -26,6 +37,8 @@ def all_routes(ctx: RegionContext) -> list[Route]:
         *metadata.routes(ctx),
         *apikeys.routes(ctx),
         *power_polling.routes(ctx),
+        *dns_zones.routes(ctx),
+        *syslog_intake.routes(ctx),
     ]
 
 
