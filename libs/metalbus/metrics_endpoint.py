@@ -9,10 +9,13 @@ arrive whole within ``REQUEST_TIMEOUT_S`` or exceeds ``MAX_REQUEST_HEAD_BYTES`` 
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Iterator, Mapping
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 log = structlog.get_logger("metalbus.metrics")
 
@@ -95,3 +98,28 @@ async def serving_metrics(registry: CollectorRegistry, host: str, port: int) -> 
         yield endpoint
     finally:
         await endpoint.close()
+
+
+class FlatCountersCollector(Collector):
+    """A counters dataclass read at scrape time (it stays the one record; nothing is counted twice): each int
+    field as ``<prefix>_<field>_total``, each mapping of counts (``Counter``, ``dict``) as the same name with the
+    key in a ``kind`` label. Other fields are left out."""
+
+    def __init__(self, prefix: str, counters: object, documentation: str) -> None:
+        if not dataclasses.is_dataclass(counters):
+            raise TypeError(f"{type(counters).__name__} is not a dataclass")
+        self.prefix = prefix
+        self.counters = counters
+        self.documentation = documentation
+
+    def collect(self) -> Iterator[Metric]:
+        for field in dataclasses.fields(self.counters):
+            value = getattr(self.counters, field.name)
+            name, documentation = f"{self.prefix}_{field.name}", f"{self.documentation}: {field.name}"
+            if isinstance(value, int) and not isinstance(value, bool):
+                yield CounterMetricFamily(name, documentation, value)
+            elif isinstance(value, Mapping) and all(isinstance(count, int) for count in value.values()):
+                family = CounterMetricFamily(name, documentation, labels=["kind"])
+                for key, count in sorted(value.items(), key=lambda item: str(item[0])):
+                    family.add_metric([str(key)], count)
+                yield family

@@ -38,6 +38,12 @@ class RackServiceSettings(ServiceSettings):
     )
     shared_secret: str | None = Field(default=None, json_schema_extra={"secret": True})
     request_timeout_s: float = Field(default=5.0, gt=0)
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="TCP port of GET /metrics (Prometheus text); 0: no metrics endpoint."
+    )
+    metrics_address: str = Field(
+        default="127.0.0.1", description="Address the metrics endpoint listens on (0.0.0.0: every interface)."
+    )
 
 
 async def keep_present(

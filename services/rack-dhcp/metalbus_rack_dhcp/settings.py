@@ -34,12 +34,6 @@ class RackDhcpSettings(RackServiceSettings):
     lease_batches_in_flight: int = Field(
         default=2, ge=1, le=64, description="Batches of one kind on their way to the region at once."
     )
-    metrics_port: int = Field(
-        default=0, ge=0, le=65535, description="TCP port of GET /metrics (Prometheus text); 0: no metrics endpoint."
-    )
-    metrics_address: str = Field(
-        default="127.0.0.1", description="Address the metrics endpoint listens on (0.0.0.0: every interface)."
-    )
     snapshot_refresh_s: float = Field(
         default=30.0,
         gt=0,

@@ -8,15 +8,19 @@ import contextlib
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from metalbus.bus import Bus
 from metalbus.contracts.racks import RackServiceKind
 from metalbus.logging import configure_logging
+from metalbus.metrics_endpoint import FlatCountersCollector, serving_metrics
 from metalbus.rack_presence import keep_present
 from metalbus.runner import run_until_signalled
 from metalbus.settings import load_settings
 from metalbus_rack_proxy.apt_proxy import AptProxy, AptProxyConfig
 from metalbus_rack_proxy.dns_forwarder import Upstream
-from metalbus_rack_proxy.dns_service import DnsConfig, running_dns
+from metalbus_rack_proxy.dns_metrics import DnsCountersCollector
+from metalbus_rack_proxy.dns_service import DnsConfig, RunningDns, running_dns
 from metalbus_rack_proxy.settings import RackProxySettings
 from metalbus_rack_proxy.syslog_relay import SyslogRelay, SyslogRelayConfig, region_sender
 
@@ -51,10 +55,10 @@ def apt_proxy(settings: RackProxySettings) -> AptProxy:
 
 
 @contextlib.asynccontextmanager
-async def dns(settings: RackProxySettings, bus: Bus) -> AsyncIterator[None]:
+async def dns(settings: RackProxySettings, bus: Bus) -> AsyncIterator[RunningDns | None]:
     """Serve DNS while the block runs (nothing when ``dns_port`` is 0)."""
     if settings.dns_port == 0:
-        yield
+        yield None
         return
     config = DnsConfig(
         address=settings.listen_address,
@@ -65,24 +69,32 @@ async def dns(settings: RackProxySettings, bus: Bus) -> AsyncIterator[None]:
         forward_timeout_s=settings.dns_forward_timeout_s,
         request_timeout_s=settings.request_timeout_s,
     )
-    async with running_dns(config, bus=bus, rack_id=settings.rack_id):
-        yield
+    async with running_dns(config, bus=bus, rack_id=settings.rack_id) as running:
+        yield running
 
 
 async def run_rack_proxy(settings: RackProxySettings, stop: asyncio.Event) -> None:
-    """Stay present and serve DNS, syslog and APT until ``stop``."""
+    """Stay present and serve DNS, syslog and APT until ``stop``; their counters on ``metrics_port``."""
     bus = await Bus.connect(settings.connect_options(f"{RackServiceKind.PROXY.value}:{settings.rack_id}"))
+    registry = CollectorRegistry()
     parts: list[Coroutine[Any, Any, None]] = [keep_present(bus, RackServiceKind.PROXY, settings, stop)]
     if settings.syslog_ports:
-        parts.append(syslog_relay(settings, bus).run(stop))
+        relay = syslog_relay(settings, bus)
+        registry.register(FlatCountersCollector("metalbus_syslog", relay.counters, "syslog relay"))
+        parts.append(relay.run(stop))
     if settings.apt_proxy_port:
-        parts.append(apt_proxy(settings).run(stop))
+        apt = apt_proxy(settings)
+        registry.register(FlatCountersCollector("metalbus_apt_proxy", apt.counters, "APT proxy"))
+        parts.append(apt.run(stop))
     try:
-        async with dns(settings, bus):
-            tasks = [asyncio.create_task(part) for part in parts]
-            await asyncio.wait([*tasks, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
-            stop.set()
-            await asyncio.gather(*tasks)  # a part that failed to start raises here
+        async with dns(settings, bus) as running:
+            if running is not None:
+                registry.register(DnsCountersCollector(running.counters, running.feed, running.answerer))
+            async with serving_metrics(registry, settings.metrics_address, settings.metrics_port):
+                tasks = [asyncio.create_task(part) for part in parts]
+                await asyncio.wait([*tasks, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+                stop.set()
+                await asyncio.gather(*tasks)  # a part that failed to start raises here
     except OSError as error:
         raise SystemExit(f"metalbus-rack-proxy: cannot listen: {error}") from None
     finally:

@@ -49,4 +49,3 @@ class RackProxySettings(RackServiceSettings):
     apt_mirror_url: str | None = Field(default=None, description="Upstream for plain /path requests.")
     apt_upstream_proxy: str | None = None
     apt_upstream_timeout_s: float = Field(default=120.0, gt=0)
-    request_timeout_s: float = Field(default=5.0, gt=0, le=60, description="Wait for the region's answers.")

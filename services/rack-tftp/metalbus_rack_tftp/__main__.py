@@ -8,10 +8,12 @@ carries the machines' metadata under ``/MAAS`` (rack-proxy's metadata app), as a
 import asyncio
 
 import structlog
+from prometheus_client import CollectorRegistry
 
 from metalbus.bus import Bus
 from metalbus.contracts.racks import RackServiceKind
 from metalbus.logging import configure_logging
+from metalbus.metrics_endpoint import FlatCountersCollector, serving_metrics
 from metalbus.rack_presence import keep_present
 from metalbus.runner import run_until_signalled
 from metalbus.settings import load_settings
@@ -65,17 +67,23 @@ async def run_rack_tftp(settings: RackTftpSettings, stop: asyncio.Event) -> None
         source = boot_files(settings, cache)
         try:
             tftp = await serve_tftp(settings.listen_address, settings.port, source, settings.tftp_settings())
+            metadata = metadata_app(settings, bus)
             http = await serve_http_boot(
                 settings.listen_address,
                 settings.http_port,
                 source,
-                metadata_app=metadata_app(settings, bus),
+                metadata_app=metadata,
                 stall_timeout=settings.http_stall_timeout_s,
             )
+            registry = CollectorRegistry()
+            registry.register(FlatCountersCollector("metalbus_tftp", tftp.counters, "TFTP server"))
+            registry.register(FlatCountersCollector("metalbus_http_boot", http.counters, "HTTP boot server"))
+            registry.register(FlatCountersCollector("metalbus_metadata", metadata.counters, "metadata proxy"))
+            async with serving_metrics(registry, settings.metrics_address, settings.metrics_port):
+                log.info("rack_tftp.serving", tftp_port=tftp.port, http_port=http.port, boot=str(settings.boot_root))
+                await stop.wait()
         except OSError as error:
             raise SystemExit(f"metalbus-rack-tftp: cannot listen on {settings.listen_address}: {error}") from None
-        log.info("rack_tftp.serving", tftp_port=tftp.port, http_port=http.port, boot_root=str(settings.boot_root))
-        await stop.wait()
         await events.unsubscribe()
     finally:
         stop.set()
