@@ -50,6 +50,7 @@ from tests.integration.test_machines import (
     act,
     database,
     ipmi_machine,
+    machine_events,
     recorded_transitions,
     region,
 )
@@ -115,8 +116,10 @@ async def test_update_changes_only_the_given_fields_moves_the_bmc_address_and_re
         )
         assert tuple(row) == ("node-renamed", "arm64/uefi", "10.0.0.99")
         assert await stored_secrets(conn, machine.system_id) == {"password": NEW_SECRET}
-        # No status changed: the only machine event is the creation.
-        assert await recorded_transitions(conn, machine.system_id) == [(None, "new")]
+        # The creation, then one event per update that keeps the status (racks drop what they cached).
+        assert await recorded_transitions(conn, machine.system_id) == [(None, "new"), ("new", "new"), ("new", "new")]
+        payloads = await conn.fetch("SELECT payload::text AS p FROM events WHERE subject LIKE 'events.machine.%'")
+        assert all(NEW_SECRET not in row["p"] and BMC_SECRET not in row["p"] for row in payloads)
 
 
 async def test_update_without_an_address_clears_the_bmc_address_and_empty_secrets_remove_them(
@@ -352,3 +355,22 @@ async def test_inventory_and_results_are_what_commissioning_stored_newest_run_la
     assert results.results[0].stdout == INVENTORY.model_dump_json()
     recorded = [r.recorded_at for r in results.results]
     assert recorded == sorted(recorded)
+
+
+async def test_an_update_and_a_deletion_are_machine_events_that_keep_the_status(
+    nats_server: NatsServer, database_dsn: str, bus: Bus
+) -> None:
+    """Racks cache what a machine boots per MAC and drop it on the machine's events: a new boot MAC or a deleted
+    machine must reach them as events too."""
+    async with region(nats_server, database_dsn, bus):
+        machine = await bus.request(MACHINE_CREATE, MachineCreate(boot_mac="52:54:00:00:00:01"), timeout=5)
+        await update(bus, machine.system_id, boot_mac="52:54:00:00:00:09", hostname="renamed")
+        await bus.request(MACHINE_DELETE, MachineQuery(system_id=machine.system_id), timeout=5)
+        events = await machine_events(bus, machine.system_id, 3)
+
+    assert [(e.from_status, e.to_status, e.reason) for e in events] == [
+        (None, MachineStatus.NEW, None),
+        (MachineStatus.NEW, MachineStatus.NEW, "updated: boot_mac, hostname"),
+        (MachineStatus.NEW, MachineStatus.NEW, "deleted"),
+    ]
+    assert all(e.action is None for e in events)

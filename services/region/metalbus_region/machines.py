@@ -102,20 +102,27 @@ class MachineHandlers:
             return await machine_store.list_machines(conn, request)
 
     async def update(self, request: MachineUpdate) -> Machine:
+        fields = sorted(_changed_fields(request))
+
+        async def update_and_record(conn: DbConnection) -> Machine:
+            machine = await machine_store.update_machine(conn, request)
+            await _record_unchanged_status(conn, machine.system_id, machine.status, f"updated: {', '.join(fields)}")
+            return machine
+
         async with self._ctx.database.connection() as conn:
             machine = await apply_once(
-                conn,
-                request.idempotency_key,
-                MACHINE_UPDATE.pattern,
-                Machine,
-                lambda conn: machine_store.update_machine(conn, request),
+                conn, request.idempotency_key, MACHINE_UPDATE.pattern, Machine, update_and_record
             )
-        log.info("machine.updated", system_id=machine.system_id, fields=sorted(_changed_fields(request)))
+        self._ctx.outbox.wake()
+        log.info("machine.updated", system_id=machine.system_id, fields=fields)
         return machine
 
     async def delete(self, request: MachineQuery) -> MachineDeleted:
         async with self._ctx.database.connection() as conn, conn.transaction():
+            machine = await machine_store.get_machine(conn, request.system_id)
             await machine_store.delete_machine(conn, request.system_id)
+            await _record_unchanged_status(conn, machine.system_id, machine.status, "deleted")
+        self._ctx.outbox.wake()
         log.info("machine.deleted", system_id=request.system_id)
         return MachineDeleted(system_id=request.system_id)
 
@@ -194,6 +201,25 @@ async def _insert_and_record(conn: DbConnection, request: MachineCreate) -> Mach
         system_id=machine.system_id,
     )
     return machine
+
+
+async def _record_unchanged_status(conn: DbConnection, system_id: str, status: MachineStatus, reason: str) -> None:
+    """A machine event for a change that keeps the status (an update, a deletion): racks that cached what the
+    machine boots drop it, event followers see it."""
+    await record_event(
+        conn,
+        EVENT_MACHINE,
+        lambda sequence, at: MachineEvent(
+            sequence=sequence,
+            system_id=system_id,
+            action=None,
+            from_status=status,
+            to_status=status,
+            reason=reason,
+            at=at,
+        ),
+        system_id=system_id,
+    )
 
 
 async def _apply_action(conn: DbConnection, request: MachineActionRequest) -> Machine:
