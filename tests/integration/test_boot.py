@@ -125,8 +125,11 @@ async def boot(
     mac: str,
     rack_address: IPv4Address = RACK_ADDRESS,
     architecture: Architecture = Architecture.AMD64_BIOS,
+    rack_http_port: int = 5248,
 ) -> BootConfig:
-    query = BootConfigQuery(mac=mac, architecture=architecture, rack_id="rack-1", rack_address=rack_address)
+    query = BootConfigQuery(
+        mac=mac, architecture=architecture, rack_id="rack-1", rack_address=rack_address, rack_http_port=rack_http_port
+    )
     return await bus.request(BOOT_CONFIG, query, timeout=5)
 
 
@@ -164,6 +167,7 @@ async def test_commissioning_machine_boots_the_commissioning_image_with_the_rack
 
         config = await boot(bus, "52-54-00-00-00-01")
         other_rack = await boot(bus, "52:54:00:00:00:01", rack_address=IPv4Address("10.30.0.2"))
+        other_port = await boot(bus, "52:54:00:00:00:01", rack_http_port=15248)
         hostname = await bus.request(
             METADATA_READ, MetadataRead(credentials=credentials_on(config), item=MetadataItem.LOCAL_HOSTNAME)
         )
@@ -181,6 +185,7 @@ async def test_commissioning_machine_boots_the_commissioning_image_with_the_rack
     assert parameters["metalbus.metadata_url"] == "http://10.20.0.2:5248/MAAS/metadata/"
     assert credentials_on(config) == issued
     assert command_line_parameters(other_rack)["metalbus.metadata_url"] == "http://10.30.0.2:5248/MAAS/metadata/"
+    assert command_line_parameters(other_port)["metalbus.metadata_url"] == "http://10.20.0.2:15248/MAAS/metadata/"
     assert (hostname.system_id, hostname.content) == (system_id, "node-1")
 
 

@@ -80,6 +80,7 @@ class BootConfigQuery(Message):
     architecture: Architecture
     rack_id: str
     rack_address: IPv4Address = Field(description="The rack address the machine reached: metadata URL host.")
+    rack_http_port: int = Field(default=5248, ge=1, le=65535, description="The rack's HTTP port: metadata URL port.")
 
 
 class BootConfig(Message):

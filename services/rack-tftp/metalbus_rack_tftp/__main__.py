@@ -22,7 +22,7 @@ from metalbus_rack_tftp.boot_config_cache import BootConfigCache
 from metalbus_rack_tftp.boot_root import StaticBootRoot
 from metalbus_rack_tftp.dynamic_files import DynamicBootFiles
 from metalbus_rack_tftp.http_boot import HttpBootServer, serve_http_boot
-from metalbus_rack_tftp.region_boot_client import RegionBootConfigs
+from metalbus_rack_tftp.region_boot_client import DEFAULT_HTTP_PORT, RegionBootConfigs
 from metalbus_rack_tftp.settings import RackTftpSettings
 from metalbus_rack_tftp.sources import FileSource, FirstThatServes
 from metalbus_rack_tftp.tftp_server import TftpServer, serve_tftp
@@ -55,7 +55,12 @@ async def run_rack_tftp(settings: RackTftpSettings, stop: asyncio.Event) -> None
         log.warning("rack_tftp.empty_boot_root", boot_root=str(settings.boot_root), fill_with="scripts/boot-files.sh")
         settings.boot_root.mkdir(parents=True, exist_ok=True)
     bus = await Bus.connect(settings.connect_options(f"{RackServiceKind.TFTP.value}:{settings.rack_id}"))
-    region = RegionBootConfigs(bus, rack_id=settings.rack_id, timeout_s=settings.region_timeout_s)
+    region = RegionBootConfigs(
+        bus,
+        rack_id=settings.rack_id,
+        timeout_s=settings.region_timeout_s,
+        http_port=settings.http_port or DEFAULT_HTTP_PORT,
+    )
     cache = BootConfigCache(
         region.boot_config, ttl_s=settings.boot_config_ttl_s, stale_if_error_s=settings.boot_config_stale_s
     )

@@ -31,16 +31,28 @@ DEFAULT_TIMEOUT_S = 2.0
 """Loaders retry a config request after a few seconds (pxelinux, iPXE): answer well before that."""
 
 
+DEFAULT_HTTP_PORT = 5248
+
+
 class RegionBootConfigs:
     """Asks the region what a MAC boots; follows machine status changes."""
 
-    def __init__(self, bus: Bus, *, rack_id: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self, bus: Bus, *, rack_id: str, timeout_s: float = DEFAULT_TIMEOUT_S, http_port: int = DEFAULT_HTTP_PORT
+    ) -> None:
         self.bus = bus
         self.rack_id = rack_id
         self.timeout_s = timeout_s
+        self.http_port = http_port
 
     async def boot_config(self, mac: str, architecture: Architecture, rack_address: IPv4Address) -> BootConfig:
-        query = BootConfigQuery(mac=mac, architecture=architecture, rack_id=self.rack_id, rack_address=rack_address)
+        query = BootConfigQuery(
+            mac=mac,
+            architecture=architecture,
+            rack_id=self.rack_id,
+            rack_address=rack_address,
+            rack_http_port=self.http_port,
+        )
         try:
             return await self.bus.request(BOOT_CONFIG, query, timeout=self.timeout_s)
         except MetalbusError as error:

@@ -95,7 +95,9 @@ async def _commissioning_boot(conn: DbConnection, query: BootConfigQuery, system
     if credentials is None:
         raise Conflict(f"machine {system_id} is commissioning without valid metadata credentials; commission again")
     resource = await boot_store.find_resource(conn, query.architecture, BootPurpose.COMMISSIONING)
-    return _network_boot(resource, system_id, commissioning_parameters(query.rack_address, system_id, credentials))
+    return _network_boot(
+        resource, system_id, commissioning_parameters(query.rack_address, system_id, credentials, query.rack_http_port)
+    )
 
 
 async def _enlist(conn: DbConnection, query: BootConfigQuery) -> BootConfig:
@@ -136,7 +138,9 @@ async def _enlist(conn: DbConnection, query: BootConfigQuery) -> BootConfig:
 
 async def _enlistment_boot(conn: DbConnection, query: BootConfigQuery, system_id: str) -> BootConfig:
     resource = await boot_store.find_resource(conn, query.architecture, BootPurpose.ENLISTMENT)
-    return _network_boot(resource, system_id, enlistment_parameters(query.rack_address, system_id))
+    return _network_boot(
+        resource, system_id, enlistment_parameters(query.rack_address, system_id, query.rack_http_port)
+    )
 
 
 def _network_boot(resource: BootResource, system_id: str, parameters: list[Parameter]) -> BootConfig:

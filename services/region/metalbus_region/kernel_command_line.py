@@ -90,32 +90,32 @@ def render_kernel_command_line(base: str, parameters: Sequence[Parameter]) -> st
     return line
 
 
-def metadata_url(rack_address: IPv4Address) -> str:
-    """Where a commissioning machine reads its metadata: the rack's proxy to the region."""
-    return f"http://{rack_address}:{METADATA_PORT}/MAAS/metadata/"
+def metadata_url(rack_address: IPv4Address, port: int = METADATA_PORT) -> str:
+    """Where a commissioning machine reads its metadata: the rack's proxy to the region, on the rack's HTTP port."""
+    return f"http://{rack_address}:{port}/MAAS/metadata/"
 
 
-def enlistment_url(rack_address: IPv4Address) -> str:
+def enlistment_url(rack_address: IPv4Address, port: int = METADATA_PORT) -> str:
     """The anonymous metadata tree an enlisting machine reads (it has no credentials yet)."""
-    return f"{metadata_url(rack_address)}enlist/"
+    return f"{metadata_url(rack_address, port)}enlist/"
 
 
 def commissioning_parameters(
-    rack_address: IPv4Address, system_id: str, credentials: OAuthCredentials
+    rack_address: IPv4Address, system_id: str, credentials: OAuthCredentials, port: int = METADATA_PORT
 ) -> list[Parameter]:
     return [
         ("metalbus.purpose", BootPurpose.COMMISSIONING.value),
         ("metalbus.system_id", system_id),
-        ("metalbus.metadata_url", metadata_url(rack_address)),
+        ("metalbus.metadata_url", metadata_url(rack_address, port)),
         ("metalbus.consumer_key", credentials.consumer_key),
         ("metalbus.token_key", credentials.token_key),
         ("metalbus.token_secret", credentials.token_secret),
     ]
 
 
-def enlistment_parameters(rack_address: IPv4Address, system_id: str) -> list[Parameter]:
+def enlistment_parameters(rack_address: IPv4Address, system_id: str, port: int = METADATA_PORT) -> list[Parameter]:
     return [
         ("metalbus.purpose", BootPurpose.ENLISTMENT.value),
         ("metalbus.system_id", system_id),
-        ("metalbus.metadata_url", enlistment_url(rack_address)),
+        ("metalbus.metadata_url", enlistment_url(rack_address, port)),
     ]
