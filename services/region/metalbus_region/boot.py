@@ -22,9 +22,9 @@ import structlog
 
 from metalbus.contracts.boot import BootConfig, BootConfigQuery, BootResource, BootResourceList, BootResourceListQuery
 from metalbus.contracts.errors import BadRequest, Conflict
-from metalbus.contracts.machines import BootPurpose, MachineEvent, MachineStatus
+from metalbus.contracts.machines import BootPurpose, MachineStatus
 from metalbus.db.pool import DbConnection
-from metalbus.subjects import BOOT_CONFIG, BOOT_RESOURCE_LIST, BOOT_RESOURCE_SET, EVENT_MACHINE
+from metalbus.subjects import BOOT_CONFIG, BOOT_RESOURCE_LIST, BOOT_RESOURCE_SET
 from metalbus_region import boot_store
 from metalbus_region.context import RegionContext, Route
 from metalbus_region.kernel_command_line import (
@@ -36,8 +36,8 @@ from metalbus_region.kernel_command_line import (
     split_kernel_parameters,
 )
 from metalbus_region.machine_rows import insert_machine
-from metalbus_region.outbox import record_event
 from metalbus_region.tokens import current_token
+from metalbus_region.transitions import record_machine_event
 
 log = structlog.get_logger("metalbus.region.boot")
 
@@ -118,19 +118,13 @@ async def _enlist(conn: DbConnection, query: BootConfigQuery) -> BootConfig:
             raise
         return await decide_boot(conn, query)
     system_id = machine.system_id
-    await record_event(
+    await record_machine_event(
         conn,
-        EVENT_MACHINE,
-        lambda sequence, at: MachineEvent(
-            sequence=sequence,
-            system_id=system_id,
-            action=None,
-            from_status=None,
-            to_status=MachineStatus.NEW,
-            reason=f"enlisted: PXE boot of {query.mac} ({query.architecture.value}) through rack {query.rack_id}",
-            at=at,
-        ),
-        system_id=system_id,
+        system_id,
+        action=None,
+        from_status=None,
+        to_status=MachineStatus.NEW,
+        reason=f"enlisted: PXE boot of {query.mac} ({query.architecture.value}) through rack {query.rack_id}",
     )
     log.info("boot.enlisted", mac=query.mac, rack_id=query.rack_id, system_id=system_id)
     return await _enlistment_boot(conn, query, system_id)

@@ -18,7 +18,6 @@ from metalbus.contracts.machines import (
     MachineActionRequest,
     MachineCreate,
     MachineDeleted,
-    MachineEvent,
     MachineList,
     MachineListQuery,
     MachineQuery,
@@ -30,7 +29,6 @@ from metalbus.contracts.metadata import HardwareInventory, ScriptResultList
 from metalbus.contracts.power import MachinePowerRequest, PowerResult
 from metalbus.db.pool import DbConnection
 from metalbus.subjects import (
-    EVENT_MACHINE,
     MACHINE_ACTION,
     MACHINE_CREATE,
     MACHINE_DELETE,
@@ -46,9 +44,8 @@ from metalbus_region.commissioning import Commissioning, begin_abort, begin_comm
 from metalbus_region.context import RegionContext, Route
 from metalbus_region.idempotency import apply_once
 from metalbus_region.machine_rows import insert_machine
-from metalbus_region.outbox import record_event
 from metalbus_region.power_client import PowerClient, record_power_event
-from metalbus_region.transitions import apply_action
+from metalbus_region.transitions import apply_action, record_machine_event
 
 log = structlog.get_logger("metalbus.region.machines")
 
@@ -187,18 +184,8 @@ async def _insert_and_record(conn: DbConnection, request: MachineCreate) -> Mach
         power_parameters=request.power_parameters,
         power_secrets=request.power_secrets,
     )
-    await record_event(
-        conn,
-        EVENT_MACHINE,
-        lambda sequence, at: MachineEvent(
-            sequence=sequence,
-            system_id=machine.system_id,
-            action=None,
-            from_status=None,
-            to_status=machine.status,
-            at=at,
-        ),
-        system_id=machine.system_id,
+    await record_machine_event(
+        conn, machine.system_id, action=None, from_status=None, to_status=machine.status, reason=None
     )
     return machine
 
@@ -206,20 +193,7 @@ async def _insert_and_record(conn: DbConnection, request: MachineCreate) -> Mach
 async def _record_unchanged_status(conn: DbConnection, system_id: str, status: MachineStatus, reason: str) -> None:
     """A machine event for a change that keeps the status (an update, a deletion): racks that cached what the
     machine boots drop it, event followers see it."""
-    await record_event(
-        conn,
-        EVENT_MACHINE,
-        lambda sequence, at: MachineEvent(
-            sequence=sequence,
-            system_id=system_id,
-            action=None,
-            from_status=status,
-            to_status=status,
-            reason=reason,
-            at=at,
-        ),
-        system_id=system_id,
-    )
+    await record_machine_event(conn, system_id, action=None, from_status=status, to_status=status, reason=reason)
 
 
 async def _apply_action(conn: DbConnection, request: MachineActionRequest) -> Machine:

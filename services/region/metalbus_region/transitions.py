@@ -44,6 +44,22 @@ async def apply_action(
         reason,
         commissioning_deadline if target is MachineStatus.COMMISSIONING else None,
     )
+    return await record_machine_event(
+        conn, system_id, action=action, from_status=current, to_status=target, reason=reason
+    )
+
+
+async def record_machine_event(
+    conn: DbConnection,
+    system_id: str,
+    *,
+    action: MachineAction | None,
+    from_status: MachineStatus | None,
+    to_status: MachineStatus,
+    reason: str | None,
+) -> MachineEvent:
+    """Add ``events.machine.<system_id>`` to the outbox in the caller's transaction: a status change, a creation
+    (no ``from_status``), or a change that keeps the status (an update, a deletion)."""
     return await record_event(
         conn,
         EVENT_MACHINE,
@@ -51,8 +67,8 @@ async def apply_action(
             sequence=sequence,
             system_id=system_id,
             action=action,
-            from_status=current,
-            to_status=target,
+            from_status=from_status,
+            to_status=to_status,
             reason=reason,
             at=at,
         ),
