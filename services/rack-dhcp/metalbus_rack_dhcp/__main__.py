@@ -68,6 +68,7 @@ async def _serve(
             port=settings.port,
             counters=counters,
             max_in_flight=settings.max_in_flight,
+            http_port=settings.http_port,
         )
     except (OSError, TimeoutError) as error:
         raise SystemExit(f"metalbus-rack-dhcp: cannot serve DHCP on {interface}: {error}") from None

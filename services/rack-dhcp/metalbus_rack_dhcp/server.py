@@ -29,7 +29,7 @@ import structlog
 from metalbus_rack_dhcp.codec import DhcpDecodeError, DhcpEncodeError, decode_message, encode_message, reply_size_limit
 from metalbus_rack_dhcp.lease_cache import answered_from_cache
 from metalbus_rack_dhcp.messages import UNSPECIFIED, DhcpMessage, MessageType, Option
-from metalbus_rack_dhcp.policy import LeaseSource, RackView, Silence, SilenceReason, decide, mac_text
+from metalbus_rack_dhcp.policy import HTTP_PORT, LeaseSource, RackView, Silence, SilenceReason, decide, mac_text
 
 log = structlog.get_logger("metalbus.rack_dhcp")
 
@@ -300,10 +300,12 @@ async def serve_interface(
     address: IPv4Address | None = None,
     counters: ServerCounters | None = None,
     max_in_flight: int = 256,
+    http_port: int = HTTP_PORT,
 ) -> DhcpProtocol:
-    """Open ``interface``'s socket and start answering; the caller closes the returned protocol."""
+    """Open ``interface``'s socket and start answering; the caller closes the returned protocol. ``http_port``
+    is the rack's HTTP boot port that boot URLs (iPXE, UEFI HTTP boot) name."""
     link_address = address if address is not None else await interface_address(interface)
-    rack = RackView(rack_id=rack_id, link_address=link_address)
+    rack = RackView(rack_id=rack_id, link_address=link_address, http_port=http_port)
     protocol = DhcpProtocol(interface, rack, leases, counters=counters, max_in_flight=max_in_flight)
     sock = open_interface_socket(interface, port)
     await asyncio.get_running_loop().create_datagram_endpoint(lambda: protocol, sock=sock)

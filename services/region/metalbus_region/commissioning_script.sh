@@ -93,7 +93,13 @@ network_interfaces() {  # NICs with hardware behind them and an Ethernet address
         mac=$(first_line "$interface/address" | tr 'A-F' 'a-f')
         printf '%s\n' "$mac" | grep -Eq '^([0-9a-f]{2}:){5}[0-9a-f]{2}$' || continue
         link_up=false
-        [ "$(first_line "$interface/operstate")" = up ] && link_up=true
+        # The carrier is the link itself (LOWER_UP); operstate lags it (virtio-net says "down" for a while after
+        # DHCP already worked) and only stands in when the carrier cannot be read (interface administratively down).
+        case "$(first_line "$interface/carrier")" in
+            1) link_up=true ;;
+            0) ;;
+            *) [ "$(first_line "$interface/operstate")" = up ] && link_up=true ;;
+        esac
         speed=$(first_line "$interface/speed")  # -1, or unreadable, while the link is down
         printf '%s{"name": %s, "mac": %s, "link_up": %s, "speed_mbps": %s}' "$separator" \
             "$(json_string "${interface##*/}")" "$(json_string "$mac")" "$link_up" "$(json_count "$speed")"
