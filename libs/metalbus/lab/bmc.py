@@ -6,8 +6,8 @@ lab namespace and waits for its qemu on a loopback socket (``serial 15 … codec
 refuses "set boot device" (which rack-power sends before a network boot) unless a chassis control program
 exists, and with one it routes power there too. The script starts qemu in the background on power on (its pid
 and start ticks in ``machine.pid``, the identity :mod:`metalbus.stack.processes` reads), stops it on power off
-(SIGTERM, then SIGKILL after 5 s), restarts it on reset, and reports power on exactly while that qemu lives; the boot device set over
-IPMI is recorded in ``boot`` (qemu always boots from its NIC first, as MAAS machines do).
+(SIGTERM, then SIGKILL after 5 s), restarts it on reset, and reports power on exactly while that qemu lives; the
+boot device set over IPMI is recorded in ``boot`` (qemu always boots from its NIC first, as MAAS machines do).
 """
 
 import os
