@@ -2,9 +2,11 @@
 
 import re
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, Field, WithJsonSchema
+
+T = TypeVar("T")
 
 _MAC = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 
@@ -48,3 +50,25 @@ class Architecture(StrEnum):
     AMD64_BIOS = "amd64/bios"
     AMD64_UEFI = "amd64/uefi"
     ARM64_UEFI = "arm64/uefi"
+
+
+def without_nul_characters(value: T) -> T:
+    """PostgreSQL text and jsonb cannot hold U+0000: refuse it anywhere in a JSON value (keys and strings)."""
+    pending: list[object] = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("NUL characters (U+0000) are not allowed")
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(without_nul_characters)]
+"""A JSON object that PostgreSQL can store (no U+0000 in keys or strings)."""
+TextMap = Annotated[dict[str, str], AfterValidator(without_nul_characters)]
+"""String keys and values that PostgreSQL can store (no U+0000)."""

@@ -68,7 +68,12 @@ class SubnetCreate(Message):
     dynamic_end: IPv4Address | None = None
     managed: bool = True
     lease_time_s: int = Field(default=600, ge=30, le=7 * 24 * 3600)
-    domain: str = "maas.internal"
+    domain: str = Field(
+        default="maas.internal",
+        max_length=253,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$",
+        description="DNS domain given to clients (option 15).",
+    )
     reserved: list[IPv4Address] = Field(default_factory=list, description="Never handed out dynamically.")
 
 

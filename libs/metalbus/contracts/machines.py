@@ -2,12 +2,20 @@
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from metalbus.contracts.base import Message, examples
-from metalbus.contracts.common import Architecture, IdempotencyKey, MacAddress, SystemId
+from metalbus.contracts.common import (
+    Architecture,
+    IdempotencyKey,
+    JsonObject,
+    MacAddress,
+    SystemId,
+    TextMap,
+    without_nul_characters,
+)
 
 
 class MachineStatus(StrEnum):
@@ -103,8 +111,8 @@ class MachineCreate(Message):
     architecture: Architecture = Architecture.AMD64_BIOS
     boot_mac: MacAddress
     power_type: PowerType = PowerType.MANUAL
-    power_parameters: dict[str, Any] = Field(default_factory=dict)
-    power_secrets: dict[str, str] = Field(default_factory=dict, repr=False)
+    power_parameters: JsonObject = Field(default_factory=dict)
+    power_secrets: TextMap = Field(default_factory=dict, repr=False)
     idempotency_key: IdempotencyKey | None = None
 
 
@@ -122,7 +130,9 @@ class MachineListQuery(Message):
     )
 
     status: MachineStatus | None = None
-    hostname: str | None = Field(default=None, max_length=255, description="Exact hostname.")
+    hostname: Annotated[str, AfterValidator(without_nul_characters)] | None = Field(
+        default=None, max_length=255, description="Exact hostname."
+    )
     architecture: Architecture | None = None
     offset: int = Field(default=0, ge=0)
     limit: int = Field(default=100, ge=1, le=1000)
@@ -159,8 +169,8 @@ class MachineUpdate(Message):
     architecture: Architecture | None = None
     boot_mac: MacAddress | None = None
     power_type: PowerType | None = None
-    power_parameters: dict[str, Any] | None = None
-    power_secrets: dict[str, str] | None = Field(default=None, repr=False)
+    power_parameters: JsonObject | None = None
+    power_secrets: TextMap | None = Field(default=None, repr=False)
     idempotency_key: IdempotencyKey | None = None
 
 
