@@ -7,12 +7,12 @@ cd "$(dirname "$0")/.."
 with_test=0
 [ "${1:-}" = "--test" ] && with_test=1
 
-# What the stack runs on (PostgreSQL) and what a rack serves to booting machines (bootloaders from Debian).
+# What the stack runs on (PostgreSQL), what a rack serves to booting machines (bootloaders from Debian), and what
+# `metalbus demo` boots: the commissioning environment (kernel, busybox) and the lab (qemu, iPXE ROMs, OVMF, BMCs).
 debian_packages=(postgresql ca-certificates iproute2 curl pxelinux syslinux-common grub-efi-amd64-bin
-  grub-common shim-signed ipxe)
-# What the tests boot and talk to: real DHCP/TFTP clients, qemu with iPXE ROMs and UEFI firmware.
-test_packages=(isc-dhcp-client udhcpc isc-dhcp-relay qemu-system-x86 ipxe-qemu ovmf tftp-hpa atftp iproute2
-  linux-image-amd64 busybox-static openipmi ipmitool nftables cloud-init dpkg-dev bind9-dnsutils)
+  grub-common shim-signed ipxe linux-image-amd64 busybox-static qemu-system-x86 ipxe-qemu ovmf openipmi ipmitool)
+# What the tests talk to besides: real DHCP/TFTP/DNS clients, packet loss, cloud-init's datasource, a Debian repo.
+test_packages=(isc-dhcp-client udhcpc isc-dhcp-relay tftp-hpa atftp nftables cloud-init dpkg-dev bind9-dnsutils)
 python=${PYTHON:-python3}
 
 [ "$with_test" = 1 ] && debian_packages+=("${test_packages[@]}")

@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from metalbus.asyncapi import build_asyncapi
-from metalbus.cli import admin, events, lab, leases, machines, profiles, racks, subnets
+from metalbus.cli import admin, demo, events, lab, leases, machines, profiles, racks, subnets
 from metalbus.db.migrate import MigrationError, migrate_dsn
 from metalbus.logging import configure_logging
 from metalbus.stack.config import StackLayout, StackSettings, load_record
@@ -29,6 +29,7 @@ app.add_typer(leases.app, name="leases")
 app.command("events")(events.show_events)
 app.add_typer(admin.app, name="admin")
 app.add_typer(lab.app, name="lab")
+app.command("demo")(demo.demo)
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="Where the stack keeps all its state.")]
 

