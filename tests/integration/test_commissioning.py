@@ -14,10 +14,10 @@ from structlog.testing import capture_logs
 
 from metalbus.bus import Bus
 from metalbus.contracts.errors import Forbidden, MetalbusError
-from metalbus.contracts.machines import MachineAction, MachineCreate, MachineStatus
+from metalbus.contracts.machines import MachineAction, MachineCreate, MachineQuery, MachineStatus
 from metalbus.contracts.power import PowerAction, PowerCommand, PowerEvent, PowerResult, PowerState
 from metalbus.contracts.racks import RackServiceAnnouncement, RackServiceKind
-from metalbus.subjects import MACHINE_CREATE, RACK_ANNOUNCE, RACK_POWER_COMMAND
+from metalbus.subjects import MACHINE_CREATE, MACHINE_GET, RACK_ANNOUNCE, RACK_POWER_COMMAND
 from tests.conftest import NatsServer
 from tests.integration.test_machines import (
     BMC_SECRET,
@@ -116,7 +116,10 @@ async def test_commission_issues_a_token_boots_commissioning_and_powers_on_throu
             repeated = await act(bus, machine.system_id, MachineAction.COMMISSION, **request)
             [power] = await power_events(bus, machine.system_id, 1)
             events = await machine_events(bus, machine.system_id, 2)
+            after = await bus.request(MACHINE_GET, MachineQuery(system_id=machine.system_id), timeout=5)
     assert commissioning.status == S.COMMISSIONING
+    assert (machine.power_state, after.power_state) == (PowerState.UNKNOWN, PowerState.ON)
+    assert after.power_state_changed_at is not None
     assert repeated == commissioning  # the repeat is answered, not applied: one power-on, one transition
     [command] = rack.commands
     assert (command.system_id, command.action, command.power_type) == (machine.system_id, PowerAction.ON, "ipmi")

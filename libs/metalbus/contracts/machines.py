@@ -49,6 +49,12 @@ class PowerType(StrEnum):
     MANUAL = "manual"
 
 
+class PowerState(StrEnum):
+    ON = "on"
+    OFF = "off"
+    UNKNOWN = "unknown"
+
+
 class BootPurpose(StrEnum):
     COMMISSIONING = "commissioning"
     ENLISTMENT = "enlistment"
@@ -89,6 +95,10 @@ class Machine(Message):
     created_at: datetime
     status_changed_at: datetime
     commissioning_deadline: datetime | None = None
+    power_state: PowerState = Field(
+        default=PowerState.UNKNOWN, description="As the racks last observed it (polled, and after power commands)."
+    )
+    power_state_changed_at: datetime | None = None
 
 
 class MachineCreate(Message):

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from metalbus.contracts.base import Message, examples
 from metalbus.contracts.common import IdempotencyKey, SystemId
+from metalbus.contracts.machines import PowerState as PowerState  # re-exported: importers of power use it
 from metalbus.contracts.machines import PowerType
 from metalbus.contracts.racks import RACK_ID_PATTERN
 
@@ -17,12 +18,6 @@ class PowerAction(StrEnum):
     OFF = "off"
     CYCLE = "cycle"
     QUERY = "query"
-
-
-class PowerState(StrEnum):
-    ON = "on"
-    OFF = "off"
-    UNKNOWN = "unknown"
 
 
 class PowerCommand(Message):

@@ -13,7 +13,7 @@ import asyncpg
 
 from metalbus.contracts.common import Architecture
 from metalbus.contracts.errors import Conflict
-from metalbus.contracts.machines import BootPurpose, Machine, MachineStatus, PowerType
+from metalbus.contracts.machines import BootPurpose, Machine, MachineStatus, PowerState, PowerType
 from metalbus.db.pool import DbConnection
 
 _ALPHABET = string.ascii_lowercase + string.digits
@@ -21,7 +21,7 @@ _ALPHABET = string.ascii_lowercase + string.digits
 MACHINE_COLUMNS = """
     system_id, hostname, status, status_reason, architecture, boot_mac::text AS boot_mac, power_type,
     power_parameters::text AS power_parameters, host(bmc_address) AS bmc_address, created_at, status_changed_at,
-    commissioning_deadline
+    commissioning_deadline, power_state, power_state_changed_at
 """
 
 
@@ -43,6 +43,8 @@ def machine_from_row(row: asyncpg.Record) -> Machine:
         created_at=row["created_at"],
         status_changed_at=row["status_changed_at"],
         commissioning_deadline=row["commissioning_deadline"],
+        power_state=PowerState(row["power_state"]),
+        power_state_changed_at=row["power_state_changed_at"],
     )
 
 

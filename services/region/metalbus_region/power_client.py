@@ -110,7 +110,17 @@ class PowerClient:
 
 
 async def record_power_event(conn: DbConnection, outcome: PowerOutcome) -> PowerEvent:
-    """Add the outcome to the outbox inside the caller's transaction (wake the outbox after commit)."""
+    """Add the outcome to the outbox inside the caller's transaction (wake the outbox after commit); a known
+    state the BMC reported becomes the machine's ``power_state``."""
+    if outcome.state is not PowerState.UNKNOWN:
+        await conn.execute(
+            """
+            UPDATE machines SET power_state = $2, power_state_changed_at = now()
+             WHERE system_id = $1 AND power_state <> $2
+            """,
+            outcome.system_id,
+            outcome.state.value,
+        )
     return await record_event(
         conn,
         EVENT_POWER,
