@@ -66,6 +66,31 @@ async def test_an_event_of_a_rolled_back_change_is_never_published(database: Dat
     assert [subject for subject, _ in await stream_subjects(bus, 1)] == ["events.rack.rack-kept"]
 
 
+async def test_published_events_older_than_the_retention_are_pruned_and_unpublished_ones_never(
+    database: Database, bus: Bus
+) -> None:
+    await bus.ensure_streams()
+    async with database.connection() as conn, conn.transaction():
+        for rack in ("rack-old-1", "rack-old-2", "rack-recent"):
+            await record_event(conn, EVENT_RACK_SERVICE, announced(rack), rack_id=rack)
+    publisher = OutboxPublisher(database, bus, retention_s=3600)
+    assert await publisher.publish_pending() == 3
+    async with database.connection() as conn:
+        await record_event(conn, EVENT_RACK_SERVICE, announced("rack-unpublished"), rack_id="rack-unpublished")
+        await conn.execute(
+            "UPDATE events SET published_at = now() - interval '2 hours', created_at = now() - interval '2 hours' "
+            "WHERE subject IN ('events.rack.rack-old-1', 'events.rack.rack-old-2', 'events.rack.rack-unpublished')"
+        )
+        await conn.execute("UPDATE events SET published_at = NULL WHERE subject = 'events.rack.rack-unpublished'")
+
+        pruned = await publisher.prune()
+        left = [row["subject"] for row in await conn.fetch("SELECT subject FROM events ORDER BY sequence")]
+
+    assert pruned == 2
+    assert left == ["events.rack.rack-recent", "events.rack.rack-unpublished"]
+    assert len(await stream_subjects(bus, 3)) == 3  # the stream still holds what was pruned from the table
+
+
 async def test_events_are_published_in_sequence_order_and_once_despite_competing_publishers(
     database: Database, nats_server: NatsServer
 ) -> None:

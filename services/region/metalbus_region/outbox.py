@@ -8,8 +8,9 @@ with ``FOR UPDATE SKIP LOCKED`` so replicas do not publish the same row at once,
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import structlog
@@ -79,13 +80,26 @@ async def record_events(
 class OutboxPublisher:
     """Publishes committed events to JetStream; ``wake()`` after a commit makes it go at once."""
 
-    def __init__(self, database: Database, bus: Bus, *, idle_poll_s: float = 0.25, batch: int = 200) -> None:
+    def __init__(
+        self,
+        database: Database,
+        bus: Bus,
+        *,
+        idle_poll_s: float = 0.25,
+        batch: int = 200,
+        retention_s: float = 3600.0,
+        prune_every_s: float = 60.0,
+    ) -> None:
         self._database = database
         self._bus = bus
         self._idle_poll_s = idle_poll_s
         self._batch = batch
+        self._retention = timedelta(seconds=retention_s)
+        self._prune_every_s = prune_every_s
+        self._last_prune = time.monotonic()
         self._wake = asyncio.Event()
         self.published = 0
+        self.pruned = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -98,10 +112,30 @@ class OutboxPublisher:
             except PUBLISH_ERRORS as error:
                 log.warning("outbox.publish_failed", error=str(error))
                 sent = 0
+            if time.monotonic() - self._last_prune >= self._prune_every_s:
+                with contextlib.suppress(*PUBLISH_ERRORS):
+                    await self.prune()
+                self._last_prune = time.monotonic()
             if sent < self._batch:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._idle_poll_s)
+
+    async def prune(self, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` rows published longer ago than the retention: JetStream keeps the events, the
+        table only has to hold what is not published yet. Returns how many."""
+        async with self._database.connection() as conn:
+            status = await conn.execute(
+                """
+                DELETE FROM events WHERE sequence IN (
+                    SELECT sequence FROM events WHERE published_at < now() - $1::interval ORDER BY sequence LIMIT $2)
+                """,
+                self._retention,
+                limit,
+            )
+        deleted = int(status.split()[-1])
+        self.pruned += deleted
+        return deleted
 
     async def publish_pending(self) -> int:
         """Publish one batch of unpublished events in sequence order; returns how many."""

@@ -49,7 +49,12 @@ async def serve_region(settings: RegionSettings, stop: asyncio.Event) -> None:
     database = Database(
         settings.database_dsn, pool_max=settings.database_pool_max, timeout_s=settings.database_timeout_s
     )
-    ctx = RegionContext(settings=settings, database=database, bus=bus, outbox=OutboxPublisher(database, bus))
+    ctx = RegionContext(
+        settings=settings,
+        database=database,
+        bus=bus,
+        outbox=OutboxPublisher(database, bus, retention_s=settings.outbox_retention_s),
+    )
     await bus.ensure_streams()
     background = [
         asyncio.create_task(database.connect_and_migrate(), name="region-database"),

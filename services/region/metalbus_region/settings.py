@@ -34,6 +34,9 @@ class RegionSettings(ServiceSettings):
         default=5.0, gt=0, le=3600, description="How often each replica looks for machines past their deadline."
     )
     reaper_batch: int = Field(default=100, ge=1, description="Most overdue machines failed in one transaction.")
+    outbox_retention_s: float = Field(
+        default=3600.0, ge=0, description="Published events stay in PostgreSQL this long (JetStream keeps them)."
+    )
     power_request_timeout_s: float = Field(
         default=10.0, gt=0, le=300, description="How long one rack may take to answer a power command."
     )
