@@ -9,6 +9,9 @@ from metalbus.contracts.base import Message, examples
 from metalbus.contracts.common import Architecture, MacAddress, SystemId
 from metalbus.contracts.machines import BootPurpose
 
+RACK_HTTP_PORT = 5248
+"""The rack's HTTP port (boot files, ``/MAAS`` metadata), as on a MAAS rack; every default of it is this one."""
+
 # Characters that GRUB or a shell would treat specially in a path inside a bootloader config.
 _MANGLED = frozenset("\\\"'$;{}|&<>*?[]#")
 
@@ -80,7 +83,9 @@ class BootConfigQuery(Message):
     architecture: Architecture
     rack_id: str
     rack_address: IPv4Address = Field(description="The rack address the machine reached: metadata URL host.")
-    rack_http_port: int = Field(default=5248, ge=1, le=65535, description="The rack's HTTP port: metadata URL port.")
+    rack_http_port: int = Field(
+        default=RACK_HTTP_PORT, ge=1, le=65535, description="The rack's HTTP port: metadata URL port."
+    )
 
 
 class BootConfig(Message):

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from metalbus.contracts.boot import RACK_HTTP_PORT
 from metalbus.contracts.racks import RACK_ID_PATTERN
 
 
@@ -34,7 +35,7 @@ class StackSettings(BaseSettings):
         description="Interfaces rack-dhcp answers on (JSON list in the environment); none: presence only.",
     )
     tftp_port: int = Field(default=6969, ge=1, le=65535)
-    rack_http_port: int = Field(default=5248, ge=1, le=65535)
+    rack_http_port: int = Field(default=RACK_HTTP_PORT, ge=1, le=65535)
     apt_proxy_port: int = Field(default=8000, ge=1, le=65535)
     dns_port: int = Field(default=5353, ge=1, le=65535)
     syslog_port: int = Field(default=5247, ge=1, le=65535)

@@ -27,6 +27,7 @@ from enum import StrEnum
 from ipaddress import IPv4Address
 from typing import Protocol
 
+from metalbus.contracts.boot import RACK_HTTP_PORT
 from metalbus.contracts.errors import Conflict, MetalbusError, NotFound, Timeout, Unavailable
 from metalbus.contracts.leases import (
     Lease,
@@ -49,7 +50,7 @@ from metalbus_rack_dhcp.messages import (
     Option,
 )
 
-HTTP_PORT = 5248
+HTTP_PORT = RACK_HTTP_PORT
 
 
 class LeaseSource(Protocol):

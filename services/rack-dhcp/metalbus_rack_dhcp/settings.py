@@ -5,6 +5,7 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from metalbus.contracts.boot import RACK_HTTP_PORT
 from metalbus.rack_presence import RackServiceSettings
 
 
@@ -23,7 +24,9 @@ class RackDhcpSettings(RackServiceSettings):
         le=65536,
         description="Requests answered at once per interface; more are dropped (counted as overloaded).",
     )
-    http_port: int = Field(default=5248, ge=1, le=65535, description="The rack's HTTP boot port, named in boot URLs.")
+    http_port: int = Field(
+        default=RACK_HTTP_PORT, ge=1, le=65535, description="The rack's HTTP boot port, named in boot URLs."
+    )
     lease_request_timeout_s: float = Field(default=2.0, gt=0, le=30)
     subnet_cache_s: float = Field(default=5.0, ge=0, le=300)
     lease_batch_max: int = Field(

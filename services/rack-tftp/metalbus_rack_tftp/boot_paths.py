@@ -46,6 +46,7 @@ from enum import StrEnum
 from ipaddress import IPv4Address
 from urllib.parse import unquote
 
+from metalbus.contracts.boot import RACK_HTTP_PORT
 from metalbus.contracts.common import Architecture, normalise_mac
 
 
@@ -150,7 +151,7 @@ class BootServer:
     whether kernels and initrds are fetched over HTTP (else TFTP)."""
 
     rack_address: IPv4Address
-    http_port: int = 5248
+    http_port: int = RACK_HTTP_PORT
     kernels_over_http: bool = True
 
     def http_url(self, path: str) -> str:

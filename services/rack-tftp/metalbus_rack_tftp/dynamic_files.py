@@ -15,7 +15,7 @@ from typing import Protocol
 
 import structlog
 
-from metalbus.contracts.boot import BootConfig, relative_boot_path
+from metalbus.contracts.boot import RACK_HTTP_PORT, BootConfig, relative_boot_path
 from metalbus.contracts.common import Architecture
 from metalbus_rack_tftp.boot_paths import (
     BootConfigPath,
@@ -47,7 +47,7 @@ class DynamicBootFiles:
         self,
         decisions: BootDecisions,
         *,
-        http_port: int = 5248,
+        http_port: int = RACK_HTTP_PORT,
         kernels_over_http: bool = True,
         rack_address: IPv4Address | None = None,
     ) -> None:

@@ -18,7 +18,7 @@ from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
 from metalbus.bus import Bus
-from metalbus.contracts.boot import BootConfig, BootConfigQuery
+from metalbus.contracts.boot import RACK_HTTP_PORT, BootConfig, BootConfigQuery
 from metalbus.contracts.common import Architecture
 from metalbus.contracts.errors import MetalbusError, Unavailable
 from metalbus.contracts.machines import MachineEvent
@@ -31,7 +31,7 @@ DEFAULT_TIMEOUT_S = 2.0
 """Loaders retry a config request after a few seconds (pxelinux, iPXE): answer well before that."""
 
 
-DEFAULT_HTTP_PORT = 5248
+DEFAULT_HTTP_PORT = RACK_HTTP_PORT
 
 
 class RegionBootConfigs:

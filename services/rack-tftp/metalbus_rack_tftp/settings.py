@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from metalbus.contracts.boot import RACK_HTTP_PORT
 from metalbus.rack_presence import RackServiceSettings
 from metalbus_rack_tftp.tftp_server import TftpServerSettings
 
@@ -17,7 +18,9 @@ class RackTftpSettings(RackServiceSettings):
 
     listen_address: str = Field(default="0.0.0.0", description="IPv4 address TFTP and HTTP boot listen on.")
     port: int = Field(default=69, ge=0, le=65535, description="TFTP (UDP); 0: any free port.")
-    http_port: int = Field(default=5248, ge=0, le=65535, description="HTTP boot (and /MAAS); 0: any free port.")
+    http_port: int = Field(
+        default=RACK_HTTP_PORT, ge=0, le=65535, description="HTTP boot (and /MAAS); 0: any free port."
+    )
     boot_root: Path = Field(
         default=Path(".metalbus/boot"), description="Bootloaders and images/ (filled by scripts/boot-files.sh)."
     )

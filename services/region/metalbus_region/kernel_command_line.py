@@ -27,12 +27,13 @@ import re
 from collections.abc import Sequence
 from ipaddress import IPv4Address
 
+from metalbus.contracts.boot import RACK_HTTP_PORT
 from metalbus.contracts.machines import BootPurpose
 from metalbus.contracts.metadata import OAuthCredentials
 
 # x86's COMMAND_LINE_SIZE counts the terminating NUL.
 MAX_COMMAND_LINE = 2047
-METADATA_PORT = 5248
+METADATA_PORT = RACK_HTTP_PORT
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # The URL characters no bootloader splits on or expands: GRUB's metacharacters ({ } | & $ ; < > and
 # whitespace), its wildcards (* ? [ ]), comments (#), quotes and backslashes are all left out.
