@@ -14,6 +14,8 @@ from metalbus.contracts.leases import Lease, LeaseState
 from metalbus.db.pool import DbConnection
 
 LEASE_COLUMNS = "ip, mac, subnet_id, rack_id, state, expires_at, hostname"
+LEASE_COLUMNS_OF_L = ", ".join(f"l.{column}" for column in LEASE_COLUMNS.split(", "))
+"""The same columns qualified by the alias ``l`` (UPDATE … FROM statements, where names would be ambiguous)."""
 HOLDING = "('offered', 'bound', 'declined')"
 ACTIVE = "('offered', 'bound')"
 # Two-key advisory locks (a key space apart from the single-key migration lock): class, then the address.
@@ -222,7 +224,7 @@ async def renew(conn: DbConnection, ip: IPv4Address, mac: str, rack_id: str, now
           FROM subnets s
          WHERE s.subnet_id = l.subnet_id AND l.ip = $1::inet AND l.mac = $2::macaddr
            AND l.state = 'bound' AND l.expires_at > $4
-        RETURNING {", ".join(f"l.{column}" for column in LEASE_COLUMNS.split(", "))}
+        RETURNING {LEASE_COLUMNS_OF_L}
         """,
         ip,
         mac,
@@ -323,7 +325,7 @@ async def refresh_offers(conn: DbConnection, offers: list[Lease], expires_at: da
              WHERE l.state = 'offered' ORDER BY l.ip FOR UPDATE OF l
         )
         UPDATE leases l SET expires_at = $3, updated_at = $4 FROM locked WHERE l.lease_id = locked.lease_id
-        RETURNING {", ".join(f"l.{column}" for column in LEASE_COLUMNS.split(", "))}
+        RETURNING {LEASE_COLUMNS_OF_L}
         """,
         [offer.ip for offer in offers],
         [offer.mac for offer in offers],
@@ -373,7 +375,7 @@ async def bind_held(conn: DbConnection, bindings: list[Lease], now: datetime) ->
         UPDATE leases l SET state = 'bound', expires_at = locked.expires_at, updated_at = $6,
                             rack_id = locked.rack_id, hostname = COALESCE(locked.hostname, l.hostname)
           FROM locked WHERE l.lease_id = locked.lease_id
-        RETURNING {", ".join(f"l.{column}" for column in LEASE_COLUMNS.split(", "))}
+        RETURNING {LEASE_COLUMNS_OF_L}
         """,
         [lease.ip for lease in bindings],
         [lease.mac for lease in bindings],
