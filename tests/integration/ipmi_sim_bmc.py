@@ -1,11 +1,11 @@
 """Simulated BMCs for tests and the power benchmark: OpenIPMI's ``ipmi_sim`` on 127.0.0.1, one UDP port each.
 
-Each BMC gets a directory with its lan.conf, an emulator command file (one MC, no SDRs) and a chassis control
-script: ipmi_sim calls it for power and boot device. Power on starts a harmless ``sleep 600`` as "the machine"
-(its pid in ``machine.pid``), power off kills it, and power state is that process being alive; the boot device
-set over IPMI is written to ``boot``. (ipmi_sim's own ``startcmd`` does power the same way but refuses boot
-device requests without a chassis control program, and with one it routes power there too.) Everything is
-stopped by pid at the end.
+Each BMC gets the lab's configuration (``metalbus.lab.bmc.write_simulated_bmc``: lan.conf, one MC without SDRs,
+a chassis control script ipmi_sim calls for power and boot device) with a harmless ``sleep 600`` as "the machine":
+power on starts it (its pid and start ticks in ``machine.pid``), power off stops it, and power state is that
+process being alive; the boot device set over IPMI is written to ``boot``. (ipmi_sim's own ``startcmd`` does
+power the same way but refuses boot device requests without a chassis control program, and with one it routes
+power there too.) Everything is stopped by pid at the end.
 """
 
 import contextlib
@@ -19,59 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metalbus.lab.bmc import USERNAME, BmcFiles, write_simulated_bmc
+
 HOST = "127.0.0.1"
-USERNAME = "admin"
 READY_DEADLINE_S = 10.0
 # RMCP presence ping (ASF class, IANA 4542, message type 0x80): ipmi_sim answers with a pong once listening.
 RMCP_PING = bytes([0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x80, 0x01, 0x00, 0x00])
-
-CHASSIS_CONTROL = """#!/bin/sh
-# ipmi_sim chassis control: "get <parm>..." prints "<parm>:<value>" lines; "set <parm> <value>..." applies them.
-D={directory}
-alive() {{ [ -f "$D/machine.pid" ] && kill -0 "$(cat "$D/machine.pid")" 2>/dev/null; }}
-op=$1; shift
-if [ "$op" = get ]; then
-  for parm in "$@"; do
-    case $parm in
-      boot) echo "boot:$(cat "$D/boot" 2>/dev/null || echo default)";;
-      power) if alive; then echo "power:1"; else echo "power:0"; fi;;
-    esac
-  done
-  exit 0
-fi
-while [ $# -ge 2 ]; do
-  case $1 in
-    boot) echo "$2" > "$D/boot";;
-    power)
-      if [ "$2" = 1 ]; then
-        alive || {{ sleep 600 >/dev/null 2>&1 </dev/null & echo $! > "$D/machine.pid"; }}
-      elif alive; then
-        kill "$(cat "$D/machine.pid")"; rm -f "$D/machine.pid"
-      fi;;
-  esac
-  shift 2
-done
-"""
-
-LAN_CONF = """name "{name}"
-set_working_mc 0x20
-  startlan 1
-    addr {host} {port}
-    priv_limit admin
-    allowed_auths_callback none md2 md5 straight
-    allowed_auths_user none md2 md5 straight
-    allowed_auths_operator none md2 md5 straight
-    allowed_auths_admin none md2 md5 straight
-    guid {guid}
-  endlan
-  chassis_control "{control}"
-  user 2 true  "{username}" "{password}" admin 10 none md2 md5 straight
-"""
-
-EMULATOR_COMMANDS = """mc_setbmc 0x20
-mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr
-mc_enable 0x20
-"""
 
 
 @dataclass
@@ -92,8 +45,8 @@ class SimulatedBmc:
 
     def machine_pid(self) -> int | None:
         try:
-            pid = int((self.directory / "machine.pid").read_text().strip())
-        except (FileNotFoundError, ValueError):
+            pid = int((self.directory / "machine.pid").read_text().split()[0])  # "<pid> <start ticks>"
+        except (FileNotFoundError, ValueError, IndexError):
             return None
         return pid if _alive(pid) else None
 
@@ -111,19 +64,15 @@ class SimulatedBmc:
         return done.stdout + ("" if done.returncode == 0 else done.stderr)
 
     def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        control = self.directory / "chassis-control.sh"
-        control.write_text(CHASSIS_CONTROL.format(directory=self.directory))
-        control.chmod(0o755)
-        guid = os.urandom(16).hex()
-        (self.directory / "lan.conf").write_text(
-            LAN_CONF.format(
-                name=self.name, host=HOST, port=self.port, guid=guid, control=control, username=USERNAME,
-                password=self.password,
-            )
-        )  # fmt: skip
-        (self.directory / "emu.cmd").write_text(EMULATOR_COMMANDS)
-        (self.directory / "state").mkdir(exist_ok=True)
+        write_simulated_bmc(
+            BmcFiles(self.directory),
+            name=self.name,
+            address=HOST,
+            port=self.port,
+            password=self.password,
+            machine_dir=self.directory,
+            machine_command=["sleep", "600"],
+        )
         self.process = subprocess.Popen(
             ["ipmi_sim", "-n", "-c", "lan.conf", "-f", "emu.cmd", "-s", "state"],
             cwd=self.directory,

@@ -14,6 +14,7 @@ import os
 import secrets
 import shlex
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
 
 from metalbus.lab.topology import VmPlan
@@ -76,8 +77,7 @@ set_working_mc 0x20
     allowed_auths_admin none md2 md5 straight
     guid {guid}
   endlan
-  serial 15 127.0.0.1 {serial_port} codec VM ipmb 0x20
-  chassis_control "{control}"
+{serial}  chassis_control "{control}"
   user 2 true  "{username}" "{password}" admin 10 none md2 md5 straight
 """
 
@@ -123,20 +123,46 @@ def generate_password() -> str:
 
 
 def write_bmc_config(files: BmcFiles, vm: VmPlan, password: str, machine_dir: Path, qemu: list[str]) -> None:
-    """lan.conf (0600: it holds the password), the emulator commands and the chassis control script."""
+    """One lab VM's BMC: its qemu is the machine, joined to the BMC on its serial port."""
+    write_simulated_bmc(
+        files,
+        name=vm.name,
+        address=vm.bmc_address,
+        port=vm.bmc_port,
+        password=password,
+        machine_dir=machine_dir,
+        machine_command=qemu,
+        serial_port=vm.bmc_serial_port,
+    )
+
+
+def write_simulated_bmc(
+    files: BmcFiles,
+    *,
+    name: str,
+    address: IPv4Address | str,
+    port: int,
+    password: str,
+    machine_dir: Path,
+    machine_command: list[str],
+    serial_port: int | None = None,
+) -> None:
+    """lan.conf (0600: it holds the password), the emulator commands and the chassis control script that runs
+    ``machine_command`` as the machine (power on starts it, off stops it); ``serial_port``: where qemu's
+    ``ipmi-bmc-extern`` connects, None for a machine that is not a qemu."""
     files.directory.mkdir(parents=True, exist_ok=True)
     files.state.mkdir(exist_ok=True)
-    control = CHASSIS_CONTROL.format(directory=shlex.quote(str(machine_dir)), qemu=shlex.join(qemu))
+    control = CHASSIS_CONTROL.format(directory=shlex.quote(str(machine_dir)), qemu=shlex.join(machine_command))
     files.chassis_control.write_text(control)
     files.chassis_control.chmod(0o755)
     files.lan_conf.touch(mode=0o600)
     files.lan_conf.write_text(
         LAN_CONF.format(
-            name=vm.name,
-            address=vm.bmc_address,
-            port=vm.bmc_port,
+            name=name,
+            address=address,
+            port=port,
             guid=os.urandom(16).hex(),
-            serial_port=vm.bmc_serial_port,
+            serial="" if serial_port is None else f"  serial 15 127.0.0.1 {serial_port} codec VM ipmb 0x20\n",
             control=files.chassis_control,
             username=USERNAME,
             password=password,
