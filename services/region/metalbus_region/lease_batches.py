@@ -9,7 +9,7 @@ savepoint, so one refusal never undoes the rest of the batch.
 """
 
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from ipaddress import IPv4Address
 
 import structlog
@@ -37,6 +37,7 @@ from metalbus_region.leases import (
     MAX_OFFER_ATTEMPTS,
     OFFER_HOLD,
     bind_requested,
+    binding_of,
     is_active,
     never_offered,
     preferred_addresses,
@@ -225,7 +226,7 @@ class LeaseBatchHandlers:
                 if subnet is None:
                     results[index] = Conflict(f"{request.ip} is not in a managed subnet")
                     continue
-                wanted.setdefault((request.ip, request.mac), self._binding(request, subnet, now))
+                wanted.setdefault((request.ip, request.mac), binding_of(request, subnet, now))
             held = await lease_store.bind_held(conn, list(wanted.values()), now)
             bound = {(lease.ip, lease.mac): lease for lease in held}
             await record_events(conn, EVENT_LEASE, lease_event_builds(list(bound.values())))
@@ -236,18 +237,6 @@ class LeaseBatchHandlers:
                     )
         self.ctx.outbox.wake()
         return LeaseCommitBatchReply(outcomes=[outcome_of(result) for result in results if result is not None])
-
-    @staticmethod
-    def _binding(request: LeaseCommitRequest, subnet: Subnet, now: datetime) -> Lease:
-        return Lease(
-            ip=request.ip,
-            mac=request.mac,
-            subnet_id=subnet.subnet_id,
-            rack_id=request.rack_id,
-            state=LeaseState.BOUND,
-            expires_at=now + timedelta(seconds=subnet.lease_time_s),
-            hostname=request.hostname,
-        )
 
     @staticmethod
     async def _commit_alone(conn: DbConnection, request: LeaseCommitRequest, now: datetime) -> Outcome:

@@ -171,6 +171,19 @@ async def expire_stale(conn: DbConnection, subnet_id: int, now: datetime) -> Non
         await record_lease_change(conn, lease)
 
 
+def binding_of(request: LeaseCommitRequest, subnet: Subnet, now: datetime) -> Lease:
+    """The binding a DHCPREQUEST asks for: its address for its MAC, for the subnet's lease time from ``now``."""
+    return Lease(
+        ip=request.ip,
+        mac=request.mac,
+        subnet_id=subnet.subnet_id,
+        rack_id=request.rack_id,
+        state=LeaseState.BOUND,
+        expires_at=now + timedelta(seconds=subnet.lease_time_s),
+        hostname=request.hostname,
+    )
+
+
 async def bind_requested(conn: DbConnection, request: LeaseCommitRequest, now: datetime) -> Lease:
     """The whole DHCPREQUEST rule set in the caller's transaction: bind the MAC's own offer or binding, or a free
     dynamic address (init-reboot, moving the MAC off its other active lease); Conflict (a NAK) otherwise."""
@@ -181,25 +194,16 @@ async def bind_requested(conn: DbConnection, request: LeaseCommitRequest, now: d
     holder = await lease_store.holder_for_update(conn, request.ip)
     reserved = holder is None and await subnet_store.is_reserved(conn, subnet.subnet_id, request.ip)
     action = commit_action(subnet, holder, request.mac, request.ip, reserved)
-    expires_at = now + timedelta(seconds=subnet.lease_time_s)
     if action is CommitAction.BIND_HELD:
         assert holder is not None
+        expires_at = binding_of(request, subnet, now).expires_at
         lease = await lease_store.bind(
             conn, holder, now, hostname=request.hostname, rack_id=request.rack_id, expires_at=expires_at
         )
     else:
         for moved_from in await lease_store.release_other_active(conn, subnet.subnet_id, request.mac, request.ip, now):
             await record_lease_change(conn, moved_from)
-        bound = Lease(
-            ip=request.ip,
-            mac=request.mac,
-            subnet_id=subnet.subnet_id,
-            rack_id=request.rack_id,
-            state=LeaseState.BOUND,
-            expires_at=expires_at,
-            hostname=request.hostname,
-        )
-        inserted = await lease_store.insert_lease(conn, bound, now, skip_if_contended=False)
+        inserted = await lease_store.insert_lease(conn, binding_of(request, subnet, now), now, skip_if_contended=False)
         if inserted is None:
             raise Conflict(f"{request.ip} was taken by another client meanwhile")
         lease = inserted
