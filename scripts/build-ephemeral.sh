@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the commissioning environment: the Debian kernel and a busybox initramfs that commissions a machine.
-# Debian packages only (linux-image-amd64, busybox-static, kmod for depmod/modprobe, cpio), no network. Needs no
-# root (it never installs anything; it reads /boot, /lib/modules and apt's cache).
+# Debian packages only (linux-image-amd64, busybox-static, kmod for depmod/modprobe, cpio, tcpdump), no network.
+# Needs no root (it never installs anything; it reads /boot, /lib/modules and apt's cache).
 #
 #   scripts/build-ephemeral.sh [OUT_DIR]   OUT_DIR defaults to $METALBUS_EPHEMERAL_DIR, else
 #                                          <repository>/.metalbus/boot/images/amd64/ephemeral: under the default
@@ -14,8 +14,10 @@
 #                                          dpkg-deb -x, then depmod -b: the .deb carries no modules.dep)
 #
 # Writes OUT_DIR/vmlinuz, OUT_DIR/initrd.img and OUT_DIR/inputs.sha256 (the stamp). Idempotent: the stamp is the
-# hash of the kernel version, the kernel image, the busybox binary and this script itself (the /init is written
-# by this script); when it matches, nothing is rebuilt and nothing is touched. Prints OUT_DIR.
+# hash of the kernel version, the kernel image, the busybox and tcpdump binaries and this script itself (the /init
+# is written by this script); when it matches, nothing is rebuilt and nothing is touched. Prints OUT_DIR.
+# tcpdump (with the shared libraries ldd lists) is how the commissioning runner hears LLDP neighbours; without it
+# (package not installed) the image is built without, with a warning, and reports no neighbours.
 #
 # What the initramfs's /init does (every step logged on the console, prefixed "metalbus-ephemeral:"):
 #   1. mounts /proc, /sys, /dev (devtmpfs), /run and /tmp;
@@ -25,7 +27,9 @@
 #   3. picks the boot interface: the one whose MAC is BOOTIF=01-<mac> on the command line (pxelinux IPAPPEND 2,
 #      our iPXE and GRUB configs add it), else the first Ethernet NIC; brings it up and waits for carrier
 #      (bounded, e1000 takes about 2 s);
-#   4. runs busybox udhcpc on it (a small script sets address, route and /etc/resolv.conf);
+#   4. runs busybox udhcpc on it (a small script sets address, route and /etc/resolv.conf); then, when the
+#      command line names metalbus.syslog=<host>:<port> (the rack's syslog relay), starts busybox syslogd -R
+#      there and klogd, so the kernel's and this script's lines reach the region as the machine's syslog;
 #   5. reads metalbus.metadata_url, metalbus.consumer_key, metalbus.token_key, metalbus.token_secret from
 #      /proc/cmdline and fetches <metadata_url>latest/user-data with an OAuth 1.0a PLAINTEXT Authorization header
 #      (busybox wget --header; never -T, which segfaults in busybox 1.35 inside the guest);
@@ -35,6 +39,7 @@ set -euo pipefail
 repository="$(cd "$(dirname "$0")/.." && pwd)"
 out_dir="${1:-${METALBUS_EPHEMERAL_DIR:-$repository/.metalbus/boot/images/amd64/ephemeral}}"
 busybox=/bin/busybox
+tcpdump="$(command -v tcpdump || true)"
 modules_to_load=(
   e1000 e1000e
   virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net
@@ -79,7 +84,7 @@ modules_dir="$kernel_tree/lib/modules/$kernel_version"
 stamp="$(
   {
     echo "kernel $kernel_version"
-    sha256sum "$kernel_image" "$busybox" "$0" | cut -d' ' -f1
+    sha256sum "$kernel_image" "$busybox" ${tcpdump:+"$tcpdump"} "$0" | cut -d' ' -f1
   } | sha256sum | cut -d' ' -f1
 )"
 if [ -f "$out_dir/inputs.sha256" ] && [ "$(cat "$out_dir/inputs.sha256")" = "$stamp" ] \
@@ -99,6 +104,24 @@ for applet in $("$busybox" --list-full); do
   mkdir -p "$root/$(dirname "$applet")"
   ln -sf /bin/busybox "$root/$applet"
 done
+
+# -- tcpdump and the shared libraries it loads (LLDP); the root user it may run as ---------------------------------
+copy_with_libraries() { # a dynamically linked binary into the same path under $root, with what ldd says it loads
+  local library
+  mkdir -p "$root$(dirname "$1")"
+  cp -L "$1" "$root$1"
+  for library in $(ldd "$1" | grep -o '/[^ ]*'); do
+    mkdir -p "$root$(dirname "$library")"
+    cp -Ln "$library" "$root$library"
+  done
+}
+if [ -n "$tcpdump" ]; then
+  copy_with_libraries "$tcpdump"
+else
+  echo "build-ephemeral: warning: no tcpdump (Debian package tcpdump): the image will report no LLDP neighbours" >&2
+fi
+echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
+echo 'root:x:0:' >"$root/etc/group"
 
 # -- kernel modules and their dependencies ---------------------------------------------------------------------
 copy_module_with_dependencies() { # module name; built into the kernel: nothing to copy; absent: a warning
@@ -158,7 +181,11 @@ MODULES="${modules_to_load[*]}"
 INIT
 cat >>"$root/init" <<'INIT'
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-say() { echo "metalbus-ephemeral: $*"; }
+SYSLOG=""
+say() {
+    echo "metalbus-ephemeral: $*"
+    [ -z "$SYSLOG" ] || logger -t metalbus-ephemeral -- "$*"
+}
 
 parameter() { # the value of NAME=... on the kernel command line
     for word in $(cat /proc/cmdline); do
@@ -212,6 +239,14 @@ wait_for_carrier() { # up to 10 s
     return 1
 }
 
+start_syslog() { # metalbus.syslog=<host>:<port>: the kernel's and our lines to the rack's relay (UDP)
+    destination=$(parameter metalbus.syslog) || return 0
+    syslogd -R "$destination" -L -O /tmp/messages || { say "syslogd did not start"; return 0; }
+    klogd  # the kernel's ring buffer (the whole boot so far) into syslogd
+    SYSLOG=$destination
+    say "logging to $destination"
+}
+
 authorization() { # OAuth 1.0a PLAINTEXT
     now=$(date +%s)
     printf 'OAuth oauth_version="1.0", oauth_signature_method="PLAINTEXT", oauth_consumer_key="%s", ' \
@@ -240,6 +275,7 @@ commission() {
     wait_for_carrier "$interface" || say "no carrier on $interface after 10 s, trying DHCP anyway"
     udhcpc -i "$interface" -f -q -n -t 10 -T 2 -s /usr/share/udhcpc/default.script || {
         say "no DHCP lease on $interface"; return 1; }
+    start_syslog
     parameter metalbus.metadata_url >/dev/null || { say "no metalbus.metadata_url on the command line"; return 1; }
     fetch_user_data /tmp/user-data || return 1
     say "running the user-data"
@@ -259,6 +295,7 @@ if parameter metalbus.ephemeral_debug >/dev/null; then
     sh </dev/console >/dev/console 2>&1
 fi
 say "powering off"
+[ -z "$SYSLOG" ] || sleep 1  # let syslogd send the last lines
 sync
 poweroff -f
 INIT

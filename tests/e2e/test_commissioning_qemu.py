@@ -10,7 +10,10 @@ signals OK, then powers the VM off.
 
 The machine has the ``manual`` power type (the region powers nothing), so the test starts qemu itself after the
 commission call. Proof is observable only: the machine's status, the inventory the region stored (matching the
-VM's qemu configuration: cores, memory, disk size, NIC MAC) and the stored script result. The time from the
+VM's qemu configuration: cores, memory, disk size, NIC MAC, and the LLDP neighbour the lab's advertiser plays on
+the VM's tap, heard by the image's tcpdump) and the stored script result; the environment's syslog (kernel and
+/init lines, busybox syslogd to the ``metalbus.syslog`` the region put on its command line) relayed by rack-proxy's
+relay and stored against the machine. The time from the
 commission call to READY and its split (first DHCP ACK, kernel on the console, /init, the ephemeral lease, the
 metadata read, READY) are printed, not asserted.
 
@@ -23,6 +26,7 @@ import contextlib
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
@@ -30,6 +34,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from metalbus.bus import Bus
@@ -57,6 +62,7 @@ from metalbus.subjects import (
 from metalbus_rack_dhcp.__main__ import run_rack_dhcp
 from metalbus_rack_dhcp.server import ServerCounters
 from metalbus_rack_dhcp.settings import RackDhcpSettings
+from metalbus_rack_proxy.syslog_relay import SyslogRelay, SyslogRelayConfig, region_sender
 from metalbus_rack_tftp.__main__ import run_rack_tftp
 from metalbus_rack_tftp.settings import RackTftpSettings
 from tests.conftest import NatsServer, free_port
@@ -84,6 +90,7 @@ GUEST_CPUS = 2
 GUEST_MEMORY_MIB = 512
 GUEST_DISK_BYTES = 1 << 30
 READY_TIMEOUT_S = 150.0
+LAB_SWITCH = "metalbus-e2e-switch"
 
 pytestmark = [
     pytest.mark.e2e,
@@ -210,6 +217,7 @@ class Rack:
     tftp_metrics_port: int
     image_bytes: int
     """vmlinuz + initrd.img: what the HTTP boot server has sent once the VM has its kernel and initrd."""
+    database_dsn: str
 
 
 @contextlib.asynccontextmanager
@@ -240,20 +248,25 @@ async def rack(
     nats_server: NatsServer, database_dsn: str, bus: Bus, link: Link, boot_root: Path
 ) -> AsyncIterator[Rack]:
     http_port = free_port()  # rack-dhcp names it in iPXE's URL, the region in the metadata URL
+    syslog_port = free_port()  # the region names it on the command line as metalbus.syslog
     tftp_settings = RackTftpSettings(
         nats_url=nats_server.url,
         rack_id=RACK_ID,
         listen_address=str(link.ip(2)),
         port=free_port(),  # the iPXE path asks HTTP only
         http_port=http_port,
+        syslog_port=syslog_port,
         boot_root=boot_root,
         metrics_port=free_port(),
+    )
+    relay = SyslogRelay(
+        RACK_ID, region_sender(bus), SyslogRelayConfig(host=str(link.ip(2)), ports=(syslog_port,), batch_interval_s=0.2)
     )
     dhcp_settings = RackDhcpSettings(
         nats_url=nats_server.url, rack_id=RACK_ID, serve_interfaces=[link.server_interface], http_port=http_port
     )
     counters = ServerCounters()
-    tftp_stop, dhcp_stop = asyncio.Event(), asyncio.Event()
+    tftp_stop, dhcp_stop, relay_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
     async with running_region(nats_server, database_dsn, "r1"):
         await serve_subnet(bus, link, 600)
         for firmware in (BIOS, UEFI):
@@ -261,9 +274,45 @@ async def rack(
         async with (
             running(run_rack_tftp(tftp_settings, tftp_stop), tftp_stop),
             running(run_rack_dhcp(dhcp_settings, dhcp_stop, counters), dhcp_stop),
+            running(relay.run(relay_stop), relay_stop),
         ):
             image_bytes = sum((boot_root / IMAGE_DIR / name).stat().st_size for name in ("vmlinuz", "initrd.img"))
-            yield Rack(bus, counters, tftp_settings.metrics_port, image_bytes)
+            yield Rack(bus, counters, tftp_settings.metrics_port, image_bytes, database_dsn)
+
+
+@pytest.fixture
+async def lldp_neighbour(link: Link, tap: str) -> AsyncIterator[str]:
+    """The lab's advertiser in the link's namespace: an LLDP frame a second on the VM's tap (chassis id = the
+    tap's MAC, port id = the tap's name, system name ``LAB_SWITCH``); stopped by PID. Yields the tap's MAC."""
+    bridge = "mbb" + link.namespace.removeprefix("mbn")
+    process = await asyncio.create_subprocess_exec(
+        *("ip", "netns", "exec", link.namespace, sys.executable, "-m", "metalbus.lab.advertiser"),
+        *(bridge, LAB_SWITCH, f"{tap}=qemu-1"),
+    )
+    try:
+        mac = await asyncio.to_thread(
+            subprocess.run,
+            ["ip", "-n", link.namespace, "-br", "link", "show", tap],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        yield mac.stdout.split()[2]
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 10)
+
+
+async def syslog_lines_of(dsn: str, system_id: str) -> list[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT concat_ws(': ', app_name, text) AS line FROM syslog_lines WHERE system_id = $1 ORDER BY line_id",
+            system_id,
+        )
+    finally:
+        await conn.close()
+    return [row["line"] for row in rows]
 
 
 # --- The VM and the timeline of its commissioning ---------------------------------------------------------------
@@ -367,7 +416,7 @@ async def until_commissioning_ends(bus: Bus, system_id: str, qemu: asyncio.subpr
 @pytest.mark.usefixtures("router_advertisements")
 @pytest.mark.parametrize("firmware", [BIOS, UEFI], ids=["bios", "uefi"])
 async def test_a_qemu_machine_is_commissioned_to_ready_and_its_inventory_matches_the_vm(
-    rack: Rack, link: Link, tap: str, firmware: Firmware, tmp_path: Path
+    rack: Rack, link: Link, tap: str, lldp_neighbour: str, firmware: Firmware, tmp_path: Path
 ) -> None:
     if firmware.ovmf and not OVMF_CODE.exists():
         pytest.skip("ovmf is not installed (scripts/setup.sh installs it)")
@@ -403,6 +452,20 @@ async def test_a_qemu_machine_is_commissioned_to_ready_and_its_inventory_matches
     assert [(disk.name, disk.size_bytes) for disk in inventory.block_devices] == [("vda", GUEST_DISK_BYTES)]
     assert [interface.mac for interface in inventory.interfaces] == [mac]
     assert inventory.interfaces[0].link_up
+    [neighbour] = inventory.lldp_neighbours
+    assert (neighbour.interface, neighbour.chassis_id, neighbour.port_id, neighbour.system_name) == (
+        inventory.interfaces[0].name,
+        lldp_neighbour,
+        tap,
+        LAB_SWITCH,
+    )
+    logged = await eventually(
+        partial(syslog_lines_of, rack.database_dsn, machine.system_id),
+        lambda lines: any("powering off" in line for line in lines),
+        timeout=10,
+    )
+    assert any("Linux version" in line for line in logged), "the kernel's boot lines (klogd) were not relayed"
+    assert any("metalbus-ephemeral: running the user-data" in line for line in logged)
     results = await bus.request(MACHINE_RESULTS, MachineQuery(system_id=machine.system_id))
     [result] = [result for result in results.results if result.name == "metalbus-inventory"]
     assert result.exit_status == 0

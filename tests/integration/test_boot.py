@@ -240,7 +240,7 @@ async def test_an_unknown_mac_is_enlisted_as_a_new_machine_with_its_event(
     assert (config.kernel, config.initrd, config.squashfs) == (ENLISTMENT_IMAGE.kernel, ENLISTMENT_IMAGE.initrd, None)
     assert config.kernel_command_line == (
         f"console=tty0 metalbus.purpose=enlistment metalbus.system_id={config.system_id} "
-        "metalbus.metadata_url=http://10.20.0.2:5248/MAAS/metadata/enlist/"
+        "metalbus.metadata_url=http://10.20.0.2:5248/MAAS/metadata/enlist/ metalbus.syslog=10.20.0.2:5247"
     )
     assert row is not None and counts is not None
     assert dict(row) == {

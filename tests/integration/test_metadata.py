@@ -396,7 +396,8 @@ async def run_runner(script: Path, *args: str, env: dict[str, str]) -> tuple[int
 
 
 def runner_env(proc: Path | None = None, sys: Path | None = None, **extra: str) -> dict[str, str]:
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **extra}
+    """No LLDP capture unless a test names one (this host's tcpdump would listen on its own interfaces)."""
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "METALBUS_LLDP_CAPTURE": "no-such-capture-command", **extra}
     if proc is not None and sys is not None:
         env |= {"METALBUS_PROC": str(proc), "METALBUS_SYS": str(sys)}
     return env
@@ -411,6 +412,57 @@ async def test_the_runner_reports_the_fixture_machine_exactly(tmp_path: Path) ->
 
     assert (status, stderr) == (0, "")
     assert HardwareInventory.model_validate_json(stdout) == FIXTURE_INVENTORY
+
+
+TCPDUMP_LLDP_DECODING = Path(__file__).parents[1] / "unit" / "fixtures" / "tcpdump-v-lldp.txt"
+"""What Debian's tcpdump 4.99 (``-c 1 -nn -v ether proto 0x88cc``) printed for a frame of the lab's LLDP sender."""
+
+
+def fake_lldp_capture(directory: Path, interfaces_with_a_neighbour: set[str]) -> Path:
+    """A capture command that prints tcpdump's recorded decoding for the interfaces that have a neighbour and
+    records every interface it was asked to listen on."""
+    command = directory / "fake-tcpdump"
+    command.write_text(
+        "#!/bin/sh\n"
+        'while [ $# -gt 0 ]; do [ "$1" = -i ] && interface=$2; shift; done\n'
+        f'echo "$interface" >>{directory / "listened"}\n'
+        f"case $interface in {'|'.join(sorted(interfaces_with_a_neighbour))}) cat {TCPDUMP_LLDP_DECODING} ;; esac\n"
+    )
+    command.chmod(0o755)
+    return command
+
+
+async def test_the_runner_reports_the_lldp_neighbour_seen_on_each_interface_whose_link_is_up(tmp_path: Path) -> None:
+    script = tmp_path / "user-data"
+    script.write_text(commissioning_script())
+    proc, sys = fixture_machine(tmp_path)
+    capture = fake_lldp_capture(tmp_path, {"eth0", "eth1"})
+
+    status, stdout, stderr = await run_runner(
+        script, "inventory", env=runner_env(proc, sys, METALBUS_LLDP_CAPTURE=str(capture), METALBUS_LLDP_WAIT_S="5")
+    )
+
+    assert (status, stderr) == (0, "")
+    assert (tmp_path / "listened").read_text().split() == ["eth0"]  # eth1's link is down
+    neighbours = HardwareInventory.model_validate_json(stdout).lldp_neighbours
+    assert [n.model_dump(exclude={"schema_version"}) for n in neighbours] == [
+        {"interface": "eth0", "chassis_id": "aa:bb:cc:dd:ee:ff", "port_id": "tap-vm1", "system_name": "metalbus-lab"}
+    ]
+
+
+async def test_an_interface_that_hears_no_lldp_frame_has_no_neighbour(tmp_path: Path) -> None:
+    script = tmp_path / "user-data"
+    script.write_text(commissioning_script())
+    proc, sys = fixture_machine(tmp_path)
+    capture = fake_lldp_capture(tmp_path, {"eth9"})
+
+    status, stdout, _ = await run_runner(
+        script, "inventory", env=runner_env(proc, sys, METALBUS_LLDP_CAPTURE=str(capture), METALBUS_LLDP_WAIT_S="5")
+    )
+
+    assert status == 0
+    assert (tmp_path / "listened").read_text().split() == ["eth0"]
+    assert HardwareInventory.model_validate_json(stdout).lldp_neighbours == []
 
 
 async def test_the_runner_inventory_of_this_host_is_a_valid_inventory(tmp_path: Path) -> None:

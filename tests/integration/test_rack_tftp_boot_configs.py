@@ -113,6 +113,7 @@ async def test_an_unknown_mac_gets_the_enlistment_config_and_appears_new_in_the_
         "metalbus.purpose=enlistment",
         f"metalbus.system_id={system_id}",
         "metalbus.metadata_url=http://10.20.0.2:5248/MAAS/metadata/enlist/",
+        "metalbus.syslog=10.20.0.2:5247",
         "BOOTIF=01-52-54-00-7a-00-01",
     ]
 
@@ -153,6 +154,7 @@ async def test_commissioning_replaces_the_cached_config_within_a_second_with_the
         f"metalbus.consumer_key={token['consumer_key']}",
         f"metalbus.token_key={token['token_key']}",
         f"metalbus.token_secret={token['token_secret']}",
+        "metalbus.syslog=10.20.0.2:5247",
         "BOOTIF=01-52-54-00-7a-00-01",
     ]
 
@@ -286,6 +288,7 @@ async def test_ipxe_in_qemu_chains_to_its_architecture_script_and_boots_the_kern
         "metalbus.purpose=enlistment",
         f"metalbus.system_id={system_id}",
         "metalbus.metadata_url=http://10.0.2.2:5248/MAAS/metadata/enlist/",
+        "metalbus.syslog=10.0.2.2:5247",
         "BOOTIF=01-52-54-00-7a-00-09",
     ]
 

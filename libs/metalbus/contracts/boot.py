@@ -11,6 +11,8 @@ from metalbus.contracts.machines import BootPurpose
 
 RACK_HTTP_PORT = 5248
 """The rack's HTTP port (boot files, ``/MAAS`` metadata), as on a MAAS rack; every default of it is this one."""
+RACK_SYSLOG_PORT = 5247
+"""The rack's syslog relay port that booting machines log to, as on a MAAS rack (rack-proxy also takes 514)."""
 
 # Characters that GRUB or a shell would treat specially in a path inside a bootloader config.
 _MANGLED = frozenset("\\\"'$;{}|&<>*?[]#")
@@ -85,6 +87,12 @@ class BootConfigQuery(Message):
     rack_address: IPv4Address = Field(description="The rack address the machine reached: metadata URL host.")
     rack_http_port: int = Field(
         default=RACK_HTTP_PORT, ge=1, le=65535, description="The rack's HTTP port: metadata URL port."
+    )
+    rack_syslog_port: int | None = Field(
+        default=RACK_SYSLOG_PORT,
+        ge=1,
+        le=65535,
+        description="The rack's syslog relay port the booted environment logs to; null: the rack relays none.",
     )
 
 

@@ -17,6 +17,7 @@ _PRI = re.compile(rb"^<(\d{1,3})>")
 _RFC5424_HEAD = re.compile(rb"^1 (\S+) (\S+) (\S+) (\S+) (\S+) ")
 _RFC3164_STAMP = re.compile(rb"^([A-Z][a-z]{2}) ([ \d]\d) (\d\d):(\d\d):(\d\d) ")
 _TAG = re.compile(r"^([^\s\[:]{1,48})(?:\[([^\]\s]{1,32})\])?: ?")
+_HOSTLESS_TAG = re.compile(rb"[^\s\[:]{1,48}(?:\[[^\]\s]{1,32}\])?:")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _OCTET_COUNT = re.compile(rb"^([1-9]\d{0,5}) ")
 
@@ -138,12 +139,19 @@ def parse_rfc5424_timestamp(stamp: bytes) -> datetime | None:
 
 
 def parse_rfc3164(body: bytes, facility: int, severity: int, now: datetime) -> ParsedLine:
-    """``Mmm dd hh:mm:ss HOSTNAME TAG[PID]: MSG``; without a timestamp the whole body is the message (§4.3.3)."""
+    """``Mmm dd hh:mm:ss HOSTNAME TAG[PID]: MSG``; without a timestamp the whole body is the message (§4.3.3).
+
+    A first word that is a tag (``name:`` or ``name[pid]:``) means the sender left the HOSTNAME out, as busybox
+    syslogd -R does (``<13>Nov 25 10:48:22 metalbus-ephemeral: text``): it is then the tag, not a host.
+    """
     stamp = _RFC3164_STAMP.match(body)
     if stamp is None:
         return ParsedLine(format=SyslogFormat.RFC3164, text=decode_text(body), facility=facility, severity=severity)
     timestamp = rfc3164_timestamp(stamp.groups(), now)
-    hostname, _, rest = body[stamp.end() :].partition(b" ")
+    after_stamp = body[stamp.end() :]
+    hostname, _, rest = after_stamp.partition(b" ")
+    if _HOSTLESS_TAG.fullmatch(hostname):
+        hostname, rest = b"", after_stamp
     text = decode_text(rest)
     tag = _TAG.match(text)
     app_name, proc_id = (tag.group(1), tag.group(2)) if tag else (None, None)

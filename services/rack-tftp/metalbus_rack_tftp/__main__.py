@@ -60,6 +60,7 @@ async def run_rack_tftp(settings: RackTftpSettings, stop: asyncio.Event) -> None
         rack_id=settings.rack_id,
         timeout_s=settings.region_timeout_s,
         http_port=settings.http_port or DEFAULT_HTTP_PORT,
+        syslog_port=settings.syslog_port or None,
     )
     cache = BootConfigCache(
         region.boot_config, ttl_s=settings.boot_config_ttl_s, stale_if_error_s=settings.boot_config_stale_s

@@ -18,7 +18,7 @@ from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
 from metalbus.bus import Bus
-from metalbus.contracts.boot import RACK_HTTP_PORT, BootConfig, BootConfigQuery
+from metalbus.contracts.boot import RACK_HTTP_PORT, RACK_SYSLOG_PORT, BootConfig, BootConfigQuery
 from metalbus.contracts.common import Architecture
 from metalbus.contracts.errors import MetalbusError, Unavailable
 from metalbus.contracts.machines import MachineEvent
@@ -38,12 +38,19 @@ class RegionBootConfigs:
     """Asks the region what a MAC boots; follows machine status changes."""
 
     def __init__(
-        self, bus: Bus, *, rack_id: str, timeout_s: float = DEFAULT_TIMEOUT_S, http_port: int = DEFAULT_HTTP_PORT
+        self,
+        bus: Bus,
+        *,
+        rack_id: str,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        http_port: int = DEFAULT_HTTP_PORT,
+        syslog_port: int | None = RACK_SYSLOG_PORT,
     ) -> None:
         self.bus = bus
         self.rack_id = rack_id
         self.timeout_s = timeout_s
         self.http_port = http_port
+        self.syslog_port = syslog_port
 
     async def boot_config(self, mac: str, architecture: Architecture, rack_address: IPv4Address) -> BootConfig:
         query = BootConfigQuery(
@@ -52,6 +59,7 @@ class RegionBootConfigs:
             rack_id=self.rack_id,
             rack_address=rack_address,
             rack_http_port=self.http_port,
+            rack_syslog_port=self.syslog_port,
         )
         try:
             return await self.bus.request(BOOT_CONFIG, query, timeout=self.timeout_s)

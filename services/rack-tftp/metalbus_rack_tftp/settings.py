@@ -7,7 +7,7 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from metalbus.contracts.boot import RACK_HTTP_PORT
+from metalbus.contracts.boot import RACK_HTTP_PORT, RACK_SYSLOG_PORT
 from metalbus.rack_presence import RackServiceSettings
 from metalbus_rack_tftp.tftp_server import TftpServerSettings
 
@@ -20,6 +20,12 @@ class RackTftpSettings(RackServiceSettings):
     port: int = Field(default=69, ge=0, le=65535, description="TFTP (UDP); 0: any free port.")
     http_port: int = Field(
         default=RACK_HTTP_PORT, ge=0, le=65535, description="HTTP boot (and /MAAS); 0: any free port."
+    )
+    syslog_port: int = Field(
+        default=RACK_SYSLOG_PORT,
+        ge=0,
+        le=65535,
+        description="The rack's syslog relay (rack-proxy) port, named on booting machines' command lines; 0: none.",
     )
     boot_root: Path = Field(
         default=Path(".metalbus/boot"), description="Bootloaders and images/ (filled by scripts/boot-files.sh)."

@@ -95,9 +95,10 @@ async def _commissioning_boot(conn: DbConnection, query: BootConfigQuery, system
     if credentials is None:
         raise Conflict(f"machine {system_id} is commissioning without valid metadata credentials; commission again")
     resource = await boot_store.find_resource(conn, query.architecture, BootPurpose.COMMISSIONING)
-    return _network_boot(
-        resource, system_id, commissioning_parameters(query.rack_address, system_id, credentials, query.rack_http_port)
+    parameters = commissioning_parameters(
+        query.rack_address, system_id, credentials, query.rack_http_port, syslog_port=query.rack_syslog_port
     )
+    return _network_boot(resource, system_id, parameters)
 
 
 async def _enlist(conn: DbConnection, query: BootConfigQuery) -> BootConfig:
@@ -132,9 +133,10 @@ async def _enlist(conn: DbConnection, query: BootConfigQuery) -> BootConfig:
 
 async def _enlistment_boot(conn: DbConnection, query: BootConfigQuery, system_id: str) -> BootConfig:
     resource = await boot_store.find_resource(conn, query.architecture, BootPurpose.ENLISTMENT)
-    return _network_boot(
-        resource, system_id, enlistment_parameters(query.rack_address, system_id, query.rack_http_port)
+    parameters = enlistment_parameters(
+        query.rack_address, system_id, query.rack_http_port, syslog_port=query.rack_syslog_port
     )
+    return _network_boot(resource, system_id, parameters)
 
 
 def _network_boot(resource: BootResource, system_id: str, parameters: list[Parameter]) -> BootConfig:

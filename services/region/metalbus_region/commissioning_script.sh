@@ -12,6 +12,10 @@
 # METALBUS_TOKEN_KEY and METALBUS_TOKEN_SECRET, which win. Requests carry OAuth 1.0a PLAINTEXT headers and a
 # multipart body laid out as MAAS's signal (op, status, name, exit_status, runtime, files <name>.out/.err).
 # METALBUS_PROC and METALBUS_SYS read another /proc and /sys (tests use a fixture tree).
+# LLDP neighbours: one frame is captured on every interface whose link is up, with tcpdump (the ephemeral image
+# carries Debian's), for at most metalbus.lldp_wait_s seconds (METALBUS_LLDP_WAIT_S wins; default 31: switches
+# send every 30 s) — each capture ends at its first frame. METALBUS_LLDP_CAPTURE names another capture command
+# (tests use a fake); without one, the inventory has no neighbours.
 # POSIX sh (dash, busybox ash) with sed, awk, grep, tr, head, mktemp, and curl or wget (busybox wget is enough:
 # no -T, which segfaults in busybox 1.35 inside the guest).
 set -u
@@ -86,6 +90,16 @@ block_devices() {  # disks with hardware behind them: loop, ram, zram and device
     done
 }
 
+link_is_up() {  # $1: /sys/class/net/<name>
+    # The carrier is the link itself (LOWER_UP); operstate lags it (virtio-net says "down" for a while after
+    # DHCP already worked) and only stands in when the carrier cannot be read (interface administratively down).
+    case "$(first_line "$1/carrier")" in
+        1) return 0 ;;
+        0) return 1 ;;
+        *) [ "$(first_line "$1/operstate")" = up ] ;;
+    esac
+}
+
 network_interfaces() {  # NICs with hardware behind them and an Ethernet address: not lo, bridges, tunnels
     separator=""
     for interface in "$SYS"/class/net/*; do
@@ -93,16 +107,64 @@ network_interfaces() {  # NICs with hardware behind them and an Ethernet address
         mac=$(first_line "$interface/address" | tr 'A-F' 'a-f')
         printf '%s\n' "$mac" | grep -Eq '^([0-9a-f]{2}:){5}[0-9a-f]{2}$' || continue
         link_up=false
-        # The carrier is the link itself (LOWER_UP); operstate lags it (virtio-net says "down" for a while after
-        # DHCP already worked) and only stands in when the carrier cannot be read (interface administratively down).
-        case "$(first_line "$interface/carrier")" in
-            1) link_up=true ;;
-            0) ;;
-            *) [ "$(first_line "$interface/operstate")" = up ] && link_up=true ;;
-        esac
+        link_is_up "$interface" && link_up=true
         speed=$(first_line "$interface/speed")  # -1, or unreadable, while the link is down
         printf '%s{"name": %s, "mac": %s, "link_up": %s, "speed_mbps": %s}' "$separator" \
             "$(json_string "${interface##*/}")" "$(json_string "$mac")" "$link_up" "$(json_count "$speed")"
+        separator=", "
+    done
+}
+
+lldp_capture_command() {  # what captures and decodes one LLDP frame, if anything does
+    capture=${METALBUS_LLDP_CAPTURE:-tcpdump}
+    command -v "$capture" >/dev/null 2>&1 && printf '%s' "$capture"
+}
+
+lldp_wait_s() {
+    wait_s=${METALBUS_LLDP_WAIT_S:-$(kernel_parameter lldp_wait_s)}
+    case $wait_s in '' | *[!0-9]*) wait_s=31 ;; esac
+    printf '%s' "$wait_s"
+}
+
+start_lldp_captures() {  # $1: a directory; in the background, one capture per interface whose link is up
+    capture=$(lldp_capture_command) || return 0
+    wait_s=$(lldp_wait_s)
+    for interface in "$SYS"/class/net/*; do
+        [ -e "$interface/device" ] || continue
+        link_is_up "$interface" || continue
+        name=${interface##*/}
+        # -Z root: no privilege drop (the image has no tcpdump user); -c 1: the first frame ends the capture.
+        timeout "$wait_s" "$capture" -i "$name" -Z root -c 1 -nn -v -s 1500 ether proto 0x88cc \
+            >"$1/lldp.$name" 2>/dev/null &
+    done
+}
+
+lldp_fields() {  # tcpdump -v's decoding of one LLDPDU: chassis id, port id, system name, one per line
+    awk '
+        /Chassis ID TLV/ { want = "chassis"; next }
+        /Port ID TLV/ { want = "port"; next }
+        want != "" && /Subtype/ { sub(/^[^:]*\): /, ""); value[want] = $0; want = ""; next }
+        /System Name TLV/ { sub(/^.*length [0-9]+: /, ""); value["system"] = $0 }
+        END {
+            if (value["chassis"] != "" && value["port"] != "")
+                printf "%s\n%s\n%s\n", value["chassis"], value["port"], value["system"]
+        }
+    ' "$1"
+}
+
+lldp_neighbours() {  # $1: the directory the captures wrote to (after they ended)
+    separator=""
+    for capture in "$1"/lldp.*; do
+        [ -s "$capture" ] || continue
+        fields=$(lldp_fields "$capture")
+        chassis=$(printf '%s\n' "$fields" | sed -n 1p)
+        [ -n "$chassis" ] || continue
+        system_name=$(printf '%s\n' "$fields" | sed -n 3p)
+        system_json=null
+        [ -z "$system_name" ] || system_json=$(json_string "$system_name")
+        printf '%s{"interface": %s, "chassis_id": %s, "port_id": %s, "system_name": %s}' "$separator" \
+            "$(json_string "${capture##*/lldp.}")" "$(json_string "$chassis")" \
+            "$(json_string "$(printf '%s\n' "$fields" | sed -n 2p)")" "$system_json"
         separator=", "
     done
 }
@@ -112,10 +174,14 @@ inventory() {
     case $memory in
         '' | 0 | *[!0-9]*) echo "metalbus: no MemTotal in $PROC/meminfo" >&2; return 1 ;;
     esac
+    captures=$(mktemp -d) || return 1
+    start_lldp_captures "$captures"
     printf '{"schema_version": 1, "cpu_model": %s, "cpu_count": %s, "cpu_speed_mhz": %s, "memory_mib": %s, ' \
         "$(json_string "$(cpu_model)")" "$(cpu_count)" "$(cpu_speed_mhz)" "$memory"
-    printf '"block_devices": [%s], "interfaces": [%s], "lldp_neighbours": []}\n' \
-        "$(block_devices)" "$(network_interfaces)"
+    printf '"block_devices": [%s], "interfaces": [%s], ' "$(block_devices)" "$(network_interfaces)"
+    wait  # for the LLDP captures: each ends at its first frame or after lldp_wait_s
+    printf '"lldp_neighbours": [%s]}\n' "$(lldp_neighbours "$captures")"
+    rm -rf "$captures"
 }
 
 # -- talking to the metadata service --------------------------------------------------------------------------

@@ -9,6 +9,8 @@ What a booting machine finds on its command line (``/proc/cmdline``), after the 
   The commissioning runner (``commissioning_script.sh``) posts its results there.
 - ``metalbus.consumer_key``, ``metalbus.token_key``, ``metalbus.token_secret``  the machine's own OAuth 1.0a
   PLAINTEXT credentials (commissioning only).
+- ``metalbus.syslog``        ``<rack>:<port>``: the rack's syslog relay, where the ephemeral environment sends its
+  kernel's and its own log lines (left out when the rack relays none).
 
 MAAS hands the same facts over indirectly (a ``cloud-config-url`` whose preseed carries the credentials); named
 parameters need no extra round trip: the ephemeral image reads them from /proc/cmdline, and writes them into
@@ -101,8 +103,17 @@ def enlistment_url(rack_address: IPv4Address, port: int = METADATA_PORT) -> str:
     return f"{metadata_url(rack_address, port)}enlist/"
 
 
+def syslog_parameters(rack_address: IPv4Address, syslog_port: int | None) -> list[Parameter]:
+    return [] if syslog_port is None else [("metalbus.syslog", f"{rack_address}:{syslog_port}")]
+
+
 def commissioning_parameters(
-    rack_address: IPv4Address, system_id: str, credentials: OAuthCredentials, port: int = METADATA_PORT
+    rack_address: IPv4Address,
+    system_id: str,
+    credentials: OAuthCredentials,
+    port: int = METADATA_PORT,
+    *,
+    syslog_port: int | None = None,
 ) -> list[Parameter]:
     return [
         ("metalbus.purpose", BootPurpose.COMMISSIONING.value),
@@ -111,12 +122,16 @@ def commissioning_parameters(
         ("metalbus.consumer_key", credentials.consumer_key),
         ("metalbus.token_key", credentials.token_key),
         ("metalbus.token_secret", credentials.token_secret),
+        *syslog_parameters(rack_address, syslog_port),
     ]
 
 
-def enlistment_parameters(rack_address: IPv4Address, system_id: str, port: int = METADATA_PORT) -> list[Parameter]:
+def enlistment_parameters(
+    rack_address: IPv4Address, system_id: str, port: int = METADATA_PORT, *, syslog_port: int | None = None
+) -> list[Parameter]:
     return [
         ("metalbus.purpose", BootPurpose.ENLISTMENT.value),
         ("metalbus.system_id", system_id),
         ("metalbus.metadata_url", enlistment_url(rack_address, port)),
+        *syslog_parameters(rack_address, syslog_port),
     ]

@@ -20,6 +20,10 @@ LOGGER_RFC5424_SD = (
     b'[zoo@123 tiger="hungry"] hello world'
 )
 LOGGER_RFC3164 = b"<11>Nov 25 09:06:09 vm cloud-init: hello world"
+# Captured from busybox 1.35 `syslogd -R 127.0.0.1:P` relaying `logger -t metalbus-ephemeral …` (and klogd's
+# kernel lines): no HOSTNAME after the timestamp.
+BUSYBOX_RELAYED = b"<13>Nov 25 10:48:22 metalbus-ephemeral: running the user-data\n"
+BUSYBOX_KERNEL = b"<6>Nov 25 10:48:22 kernel: [    1.526053] Freeing unused decrypted memory: 2036K\n"
 
 
 def test_logger_rfc5424_line_is_parsed_field_by_field() -> None:
@@ -45,6 +49,22 @@ def test_logger_rfc3164_line_gets_this_years_utc_timestamp_and_its_tag() -> None
     assert (line.facility, line.severity, line.hostname, line.app_name) == (1, 3, "vm", "cloud-init")
     assert line.timestamp == datetime(2026, 11, 25, 9, 6, 9, tzinfo=UTC)
     assert line.text == "hello world"
+
+
+@pytest.mark.parametrize(
+    ("data", "app_name", "proc_id", "text"),
+    [
+        (BUSYBOX_RELAYED, "metalbus-ephemeral", None, "running the user-data"),
+        (BUSYBOX_KERNEL, "kernel", None, "[    1.526053] Freeing unused decrypted memory: 2036K"),
+        (b"<13>Nov 25 10:48:22 udhcpc[42]: lease obtained", "udhcpc", "42", "lease obtained"),
+    ],
+)
+def test_busybox_relayed_lines_without_a_hostname_keep_their_tag(
+    data: bytes, app_name: str, proc_id: str | None, text: str
+) -> None:
+    line = parse_line(data, NOW)
+    assert (line.hostname, line.app_name, line.proc_id, line.text) == (None, app_name, proc_id, text)
+    assert line.timestamp == datetime(2026, 11, 25, 10, 48, 22, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,14 @@ def test_enlistment_line_points_at_the_anonymous_enlistment_tree_and_carries_no_
     assert "token" not in line
 
 
+def test_a_rack_that_relays_syslog_is_named_last_as_the_machines_syslog_destination() -> None:
+    commissioning = commissioning_parameters(RACK, "x7kq2m", CREDENTIALS, 5248, syslog_port=5247)
+    enlistment = enlistment_parameters(RACK, "a1b2c3", 5248, syslog_port=1514)
+    assert commissioning[-1] == ("metalbus.syslog", "10.20.0.2:5247")
+    assert enlistment[-1] == ("metalbus.syslog", "10.20.0.2:1514")
+    assert words_as_dict(render_kernel_command_line("", commissioning))["metalbus.syslog"] == "10.20.0.2:5247"
+
+
 def test_quoted_resource_parameters_stay_one_word_and_extra_whitespace_collapses() -> None:
     line = render_kernel_command_line('  console=tty0\t  dyndbg="file x.c +p"   ro ', [("metalbus.purpose", "x")])
     assert line == 'console=tty0 dyndbg="file x.c +p" ro metalbus.purpose=x'
