@@ -37,6 +37,8 @@ from metalbus.subjects import STREAMS, EventSubject, RequestSubject, StreamSpec
 ERROR_HEADER = "Metalbus-Error"
 DEFAULT_TIMEOUT_S = 5.0
 NO_RESPONDERS_STATUS = "503"
+DEFAULT_INBOX_PREFIX = "_INBOX"  # nats-py's own default
+PERMISSIONS_VIOLATION = "permissions violation"  # nats-server's -ERR for a refused publish/subscribe
 
 log = structlog.get_logger("metalbus.bus")
 
@@ -56,6 +58,8 @@ class ConnectOptions:
     reconnect_wait_s: float = 0.5
     user: str | None = None
     password: str | None = None
+    # Where replies come back (``_INBOX.<user>`` when NATS permissions give each user its own inboxes).
+    inbox_prefix: str | None = None
 
 
 def backoff_delays(start_s: float, max_s: float) -> "itertools.accumulate[float]":
@@ -76,6 +80,9 @@ async def connect_nats(options: ConnectOptions) -> NatsClient:
         log.info("nats.reconnected", client=options.name)
 
     async def on_error(error: Exception) -> None:
+        if PERMISSIONS_VIOLATION in str(error).lower():  # a role's permissions miss a subject: say so
+            log.warning("nats.permission_refused", client=options.name, user=options.user, error=str(error))
+            return
         log.debug("nats.error", client=options.name, error=str(error))
 
     connecting = client.connect(
@@ -87,6 +94,7 @@ async def connect_nats(options: ConnectOptions) -> NatsClient:
         reconnect_time_wait=options.reconnect_wait_s,  # type: ignore[arg-type]  # floats work
         user=options.user,
         password=options.password,
+        inbox_prefix=options.inbox_prefix or DEFAULT_INBOX_PREFIX,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         error_cb=on_error,
@@ -273,11 +281,14 @@ class Bus:
         except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as error:
             log.warning("bus.reply_lost", inbox=inbox, error=str(error))
 
-    async def ensure_streams(self, streams: tuple[StreamSpec, ...] = STREAMS) -> None:
-        """Create (or update) the JetStream streams events are kept in."""
+    async def ensure_streams(self, streams: tuple[StreamSpec, ...] = STREAMS, *, replicas: int = 1) -> None:
+        """Create (or update) the JetStream streams events are kept in, each on ``replicas`` servers of the
+        cluster (3 in a 3-node cluster: the events survive losing one)."""
         jetstream = self.client.jetstream()
         for spec in streams:
-            config = StreamConfig(name=spec.name, subjects=list(spec.subjects), max_age=spec.max_age_s)
+            config = StreamConfig(
+                name=spec.name, subjects=list(spec.subjects), max_age=spec.max_age_s, num_replicas=replicas
+            )
             try:
                 try:
                     await jetstream.add_stream(config)

@@ -14,6 +14,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from metalbus.bus import ConnectOptions
+from metalbus.nats_auth import inbox_prefix_of
 
 CONFIG_FILE_ENV = "METALBUS_CONFIG"
 S = TypeVar("S", bound=BaseSettings)
@@ -66,6 +67,8 @@ class ServiceSettings(BaseSettings):
             name=client_name,
             user=self.nats_user,
             password=self.nats_password,
+            # Each NATS user may subscribe only to its own inboxes (metalbus.nats_auth).
+            inbox_prefix=inbox_prefix_of(self.nats_user) if self.nats_user else None,
         )
 
 

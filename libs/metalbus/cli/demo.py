@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from metalbus.cli.admin import request_key
+from metalbus.cli.admin import request_key, stack_connect_options
 from metalbus.contracts.errors import MetalbusError
 from metalbus.lab.lab import LabError, LabPaths, LabRecord, VmRecord, bmc_passwords, create_lab, destroy_lab, load_lab
 from metalbus.lab.network import LabNetworkError
@@ -122,7 +122,7 @@ async def start_stack(state_dir: Path, rack_interface: str) -> StackSettings:
 async def api_key(settings: StackSettings) -> str:
     name = f"demo-{secrets.token_hex(4)}"
     try:
-        created = await request_key(f"nats://{settings.host}:{settings.nats_port}", name)
+        created = await request_key(stack_connect_options(settings.state_dir), name)
     except MetalbusError as error:
         raise DemoError(f"could not create an API key: {error.message}") from None
     return created.key
