@@ -97,8 +97,8 @@ def scrape(port: int) -> dict[str, float]:
 def http_boot_totals(port: int) -> tuple[float, float]:
     """(requests, bytes sent) of rack-tftp's HTTP boot server so far."""
     samples = scrape(port)
-    return samples.get("metalbus_http_boot_requests_total", 0.0), samples.get(
-        "metalbus_http_boot_bytes_sent_total", 0.0
+    return samples.get("metalbus_rack_tftp_http_boot_requests_total", 0.0), samples.get(
+        "metalbus_rack_tftp_http_boot_bytes_sent_total", 0.0
     )
 
 

@@ -4,7 +4,8 @@ A deliberately small HTTP/1.0-style responder (one request per connection, then 
 own loop, so collectors that read the service's in-process counters at scrape time never race a writer thread.
 Anything but ``GET /metrics`` is answered 404 (other paths) or 405 (other methods); a request that does not
 arrive whole within ``REQUEST_TIMEOUT_S`` or exceeds ``MAX_REQUEST_HEAD_BYTES`` is dropped.
-``serving_metrics(registry, host, port)`` is what services use: port 0 means disabled.
+``serving_metrics(registry, host, port)`` is what services use: port 0 means disabled. Every metric name starts
+with ``metric_prefix(<service>)`` (``metalbus_<service>_``), one of ``SERVICES``.
 """
 
 import asyncio
@@ -22,7 +23,15 @@ log = structlog.get_logger("metalbus.metrics")
 METRICS_PATH = "/metrics"
 REQUEST_TIMEOUT_S = 5.0
 MAX_REQUEST_HEAD_BYTES = 8192
+SERVICES = ("region", "api", "rack_dhcp", "rack_tftp", "rack_power", "rack_proxy")
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+
+
+def metric_prefix(service: str) -> str:
+    """``rack_dhcp`` → ``metalbus_rack_dhcp_``: what every metric name of that service starts with."""
+    if service not in SERVICES:
+        raise ValueError(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
+    return f"metalbus_{service}_"
 
 
 class MetricsEndpoint:

@@ -69,7 +69,7 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 def region_observations(samples: Samples | None, operation: str) -> float:
     if samples is None:
         return 0
-    return value(samples, "metalbus_dhcp_region_request_seconds_count", operation=operation) or 0
+    return value(samples, "metalbus_rack_dhcp_region_request_seconds_count", operation=operation) or 0
 
 
 def lease_lines(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
@@ -108,17 +108,17 @@ async def test_a_udhcpc_lease_shows_on_metrics_as_counted_dora_and_timed_region_
     assert status == 0, output
     assert samples is not None
     address = link.record("bound")["ip"]
-    discovers = value(samples, "metalbus_dhcp_received_total", type="DISCOVER")
-    requests = value(samples, "metalbus_dhcp_received_total", type="REQUEST")
+    discovers = value(samples, "metalbus_rack_dhcp_received_total", type="DISCOVER")
+    requests = value(samples, "metalbus_rack_dhcp_received_total", type="REQUEST")
     assert discovers is not None and discovers >= 1
     assert requests is not None and requests >= 1
-    assert value(samples, "metalbus_dhcp_replied_total", type="OFFER") == discovers  # one OFFER per DISCOVER
-    assert value(samples, "metalbus_dhcp_replied_total", type="ACK") == requests
+    assert value(samples, "metalbus_rack_dhcp_replied_total", type="OFFER") == discovers  # one OFFER per DISCOVER
+    assert value(samples, "metalbus_rack_dhcp_replied_total", type="ACK") == requests
     assert region_observations(samples, "offer") == discovers  # every DISCOVER asked the region once
     assert region_observations(samples, "commit") == requests
-    infinite = value(samples, "metalbus_dhcp_region_request_seconds_bucket", operation="commit", le="+Inf")
+    infinite = value(samples, "metalbus_rack_dhcp_region_request_seconds_bucket", operation="commit", le="+Inf")
     assert infinite == requests
-    dropped = {labels: count for (name, labels), count in samples.items() if name == "metalbus_dhcp_dropped_total"}
+    dropped = {labels: count for (name, labels), count in samples.items() if name == "metalbus_rack_dhcp_dropped_total"}
     assert dropped and set(dropped.values()) == {0}
 
     acks = [line for line in lease_lines(logs) if line["type"] == "ACK"]

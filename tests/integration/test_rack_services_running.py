@@ -24,7 +24,7 @@ BOOT_FILES = Path(__file__).resolve().parents[2] / "scripts" / "boot-files.sh"
 
 
 def scrape(port: int) -> dict[str, float]:
-    """Every sample of the endpoint by name and labels, e.g. ``metalbus_tftp_requests_total``; empty while the
+    """Every sample of the endpoint by name and labels, e.g. ``metalbus_rack_tftp_requests_total``; empty while the
     endpoint is not listening yet."""
     try:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
@@ -82,10 +82,10 @@ async def test_rack_tftp_serves_tftp_http_and_metadata_and_counts_them(
     assert fetched == over_http == debian
     assert versions.status_code == 200 and "2012-03-01" in versions.text
     assert unauthenticated.status_code == 401
-    assert metrics["metalbus_tftp_transfers_completed_total"] == 1
-    assert metrics["metalbus_http_boot_requests_total"] >= 1
-    assert metrics["metalbus_http_boot_metadata_requests_total"] == 2
-    assert metrics["metalbus_metadata_unauthenticated_total"] == 1
+    assert metrics["metalbus_rack_tftp_transfers_completed_total"] == 1
+    assert metrics["metalbus_rack_tftp_http_boot_requests_total"] >= 1
+    assert metrics["metalbus_rack_tftp_http_boot_metadata_requests_total"] == 2
+    assert metrics["metalbus_rack_tftp_metadata_unauthenticated_total"] == 1
 
 
 @pytest.mark.skipif(shutil.which("dig") is None or shutil.which("logger") is None, reason="dig and logger needed")
@@ -123,14 +123,14 @@ async def test_rack_proxy_runs_dns_syslog_and_the_apt_proxy_and_counts_them(
         )
         metrics = await eventually(
             lambda: asyncio.to_thread(scrape, settings.metrics_port),
-            lambda found: found.get("metalbus_syslog_received_total") == 1,
+            lambda found: found.get("metalbus_rack_proxy_syslog_received_total") == 1,
         )
         async with httpx.AsyncClient(proxy=f"http://127.0.0.1:{settings.apt_proxy_port}", timeout=10) as client:
             unreachable = await client.get(f"http://127.0.0.1:{free_port()}/debian/dists/stable/Release")
         metrics = await asyncio.to_thread(scrape, settings.metrics_port)
 
     assert "maas-internal" in soa.stdout
-    assert metrics["metalbus_syslog_received_total"] == 1
+    assert metrics["metalbus_rack_proxy_syslog_received_total"] == 1
     assert unreachable.status_code >= 500  # the proxy answered for an upstream that is not there
-    assert metrics["metalbus_apt_proxy_requests_total"] == 1
-    assert any(name.startswith("metalbus_dns_") for name in metrics)
+    assert metrics["metalbus_rack_proxy_apt_requests_total"] == 1
+    assert any(name.startswith("metalbus_rack_proxy_dns_") for name in metrics)

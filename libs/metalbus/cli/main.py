@@ -11,11 +11,25 @@ import typer
 from pydantic import ValidationError
 
 from metalbus.asyncapi import build_asyncapi
-from metalbus.cli import admin, demo, events, lab, leases, machines, profiles, racks, subnets
+from metalbus.cli import (
+    admin,
+    demo,
+    doctor,
+    events,
+    fleet,
+    lab,
+    leases,
+    machines,
+    nats_config,
+    profiles,
+    racks,
+    subnets,
+)
 from metalbus.db.migrate import MigrationError, migrate_dsn
 from metalbus.logging import configure_logging
 from metalbus.stack.config import StackLayout, StackSettings, load_record
 from metalbus.stack.launcher import StackError, bring_down, bring_up, cluster_for, inspect
+from metalbus.stack.metrics import stack_metrics, summary_json
 
 app = typer.Typer(help="metalbus: bare-metal provisioning over a NATS bus.", no_args_is_help=True)
 db_app = typer.Typer(help="Database tools.", no_args_is_help=True)
@@ -30,6 +44,9 @@ app.command("events")(events.show_events)
 app.add_typer(admin.app, name="admin")
 app.add_typer(lab.app, name="lab")
 app.command("demo")(demo.demo)
+app.command("fleet")(fleet.fleet)
+app.command("nats-config")(nats_config.nats_config)
+app.command("doctor")(doctor.doctor)
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="Where the stack keeps all its state.")]
 
@@ -100,12 +117,13 @@ def status(
     state_dir: StateDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Every component, its pid, memory and health; exits 1 unless all are healthy."""
+    """Every component, its pid, memory, health and a summary of its metrics; exits 1 unless all are healthy."""
     try:
         report = asyncio.run(inspect(state_dir_of(state_dir)))
     except StackError as error:
         fail(str(error))
         return
+    summaries = asyncio.run(stack_metrics(state_dir_of(state_dir), [s.name for s in report if s.pid]))
     if as_json:
         rows = [
             {
@@ -115,6 +133,7 @@ def status(
                 "healthy": s.probe.healthy,
                 "detail": s.probe.detail,
                 "log": str(s.log),
+                **summary_json(summaries, s.name),
             }
             for s in report
         ]
@@ -125,6 +144,8 @@ def status(
             rss = f"{s.rss_kib / 1024:.0f}" if s.rss_kib else "-"
             health = "healthy" if s.probe.healthy else "UNHEALTHY"
             typer.echo(f"{s.name:<12} {s.pid or '-':>7} {rss:>8}  {health:<9} {s.probe.detail}")
+            if s.name in summaries:
+                typer.echo(f"{'':<12} {'':>7} {'':>8}  {'':<9} {summaries[s.name].describe()}")
         total = sum(s.rss_kib or 0 for s in report) / 1024
         typer.echo(f"{'total':<12} {'':>7} {total:>8.0f}")
     if not all(s.probe.healthy for s in report):

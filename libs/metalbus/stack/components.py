@@ -8,8 +8,9 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from metalbus.contracts.racks import RackServiceKind
-from metalbus.stack.config import StackLayout, StackSettings, rack_secret
-from metalbus.stack.nats import nats_server_argv
+from metalbus.nats_auth import API_USER, rack_user
+from metalbus.stack.config import StackLayout, StackSettings, metrics_ports, rack_secret
+from metalbus.stack.nats import nats_login_env, nats_server_argv, stack_auth_config, stack_nats_credentials
 from metalbus.stack.postgres import PostgresCluster
 
 
@@ -63,7 +64,11 @@ def planned_components(settings: StackSettings) -> list[Component]:
 def rack_service_ports(settings: StackSettings, kind: RackServiceKind) -> dict[str, int]:
     return {
         RackServiceKind.DHCP: {"PORT": settings.dhcp_port, "HTTP_PORT": settings.rack_http_port},
-        RackServiceKind.TFTP: {"PORT": settings.tftp_port, "HTTP_PORT": settings.rack_http_port},
+        RackServiceKind.TFTP: {
+            "PORT": settings.tftp_port,
+            "HTTP_PORT": settings.rack_http_port,
+            "SYSLOG_PORT": settings.syslog_port,  # named on booting machines' command lines
+        },
         RackServiceKind.POWER: {},
         RackServiceKind.PROXY: {"APT_PROXY_PORT": settings.apt_proxy_port, "DNS_PORT": settings.dns_port},
     }[kind]
@@ -73,6 +78,9 @@ def stack_components(settings: StackSettings, layout: StackLayout, cluster: Post
     """The planned components with their command lines and environments, ready to launch."""
     nats_url = f"nats://{settings.host}:{settings.nats_port}"
     secret = rack_secret(layout)
+    replicas = [c.name for c in planned_components(settings) if c.check is ReadyCheck.REGION_REPLICA]
+    credentials = stack_nats_credentials(layout.nats_store, replicas, settings.rack_id)
+    metrics_port_of = metrics_ports(settings)
 
     def with_launch(component: Component) -> Component:
         match component.check:
@@ -83,6 +91,7 @@ def stack_components(settings: StackSettings, layout: StackLayout, cluster: Post
                     monitor_port=settings.nats_monitor_port,
                     store_dir=layout.nats_store,
                     binary=settings.nats_server_binary,
+                    config=stack_auth_config(layout.nats_store),
                 )
                 return replace(component, argv=argv, env=base_env())
             case ReadyCheck.POSTGRES:
@@ -93,7 +102,9 @@ def stack_components(settings: StackSettings, layout: StackLayout, cluster: Post
                     "METALBUS_REGION_DATABASE_DSN": cluster.dsn(),
                     "METALBUS_REGION_REPLICA_ID": component.name,
                     "METALBUS_REGION_RACK_SHARED_SECRET": secret,
+                    "METALBUS_REGION_METRICS_PORT": str(metrics_port_of.get(component.name, 0)),
                 }
+                env |= nats_login_env("METALBUS_REGION_", credentials[component.name])
                 return replace(component, argv=python_module("metalbus_region"), env=base_env() | env)
             case ReadyCheck.API:
                 env = {
@@ -101,6 +112,7 @@ def stack_components(settings: StackSettings, layout: StackLayout, cluster: Post
                     "METALBUS_API_HOST": settings.host,
                     "METALBUS_API_PORT": str(settings.api_port),
                 }
+                env |= nats_login_env("METALBUS_API_", credentials[API_USER])
                 return replace(component, argv=python_module("metalbus_api"), env=base_env() | env)
             case ReadyCheck.RACK_SERVICE:
                 kind = RackServiceKind(component.name)
@@ -110,8 +122,10 @@ def stack_components(settings: StackSettings, layout: StackLayout, cluster: Post
                     prefix + "RACK_ID": settings.rack_id,
                     prefix + "HEARTBEAT_INTERVAL_S": str(settings.heartbeat_interval_s),
                     prefix + "SHARED_SECRET": secret,
+                    prefix + "METRICS_PORT": str(metrics_port_of.get(component.name, 0)),
                 }
                 env |= {prefix + name: str(port) for name, port in rack_service_ports(settings, kind).items()}
+                env |= nats_login_env(prefix, credentials[rack_user(settings.rack_id)])
                 if kind is RackServiceKind.DHCP:
                     env[prefix + "SERVE_INTERFACES"] = json.dumps(settings.dhcp_interfaces)
                 if kind is RackServiceKind.TFTP:

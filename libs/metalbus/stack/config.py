@@ -8,7 +8,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from metalbus.contracts.boot import RACK_HTTP_PORT
-from metalbus.contracts.racks import RACK_ID_PATTERN
+from metalbus.contracts.racks import RACK_ID_PATTERN, RackServiceKind
 
 
 class StackSettings(BaseSettings):
@@ -39,6 +39,18 @@ class StackSettings(BaseSettings):
     apt_proxy_port: int = Field(default=8000, ge=1, le=65535)
     dns_port: int = Field(default=5353, ge=1, le=65535)
     syslog_port: int = Field(default=5247, ge=1, le=65535)
+    # Each region replica and rack service serves GET /metrics on its own port, consecutive from this one in
+    # start order (region-1, region-2, …, rack-dhcp, rack-tftp, rack-power, rack-proxy); 0: no metrics ports.
+    # The api serves its metrics on api_port (GET /metrics, with an API key).
+    metrics_port_base: int = Field(default=9460, ge=0, le=65535 - 16)
+
+
+def metrics_ports(settings: StackSettings) -> dict[str, int]:
+    """Component name → its metrics port (empty when ``metrics_port_base`` is 0)."""
+    if settings.metrics_port_base == 0:
+        return {}
+    names = [f"region-{i}" for i in range(1, settings.region_replicas + 1)] + [kind.value for kind in RackServiceKind]
+    return {name: settings.metrics_port_base + offset for offset, name in enumerate(names)}
 
 
 class StackLayout:

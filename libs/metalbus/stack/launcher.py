@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from metalbus.bus import Bus, ConnectOptions
+from metalbus.bus import Bus
 from metalbus.contracts.errors import MetalbusError
 from metalbus.stack.binaries import MissingBinary, nats_server_binary, postgres_bin_dir
 from metalbus.stack.components import Component, ReadyCheck, planned_components, stack_components
-from metalbus.stack.config import StackLayout, StackSettings, load_record, save_record
+from metalbus.stack.config import StackLayout, StackSettings, load_record, metrics_ports, save_record
+from metalbus.stack.nats import stack_client_options
 from metalbus.stack.postgres import ClusterError, PostgresCluster, cluster_os_user
 from metalbus.stack.probes import ProbeResult, Probes
 from metalbus.stack.processes import (
@@ -90,6 +91,7 @@ def preflight(settings: StackSettings, layout: StackLayout) -> None:
         "postgres": settings.postgres_port,
         "api": settings.api_port,
     }
+    ports |= {f"{component} metrics": port for component, port in metrics_ports(settings).items()}
     if len(set(ports.values())) != len(ports):
         raise StackError(f"two components were given the same port: {ports}")
     for name, port in ports.items():
@@ -159,9 +161,8 @@ async def bring_up(settings: StackSettings) -> float:
             children[component.name] = child
             await wait_ready(component, child, probes, settings.ready_timeout_s, log)
             if component.check is ReadyCheck.NATS:
-                probes.bus = await Bus.connect(
-                    ConnectOptions(servers=(f"nats://{settings.host}:{settings.nats_port}",), name="metalbus-up")
-                )
+                url = f"nats://{settings.host}:{settings.nats_port}"
+                probes.bus = await Bus.connect(stack_client_options(layout.nats_store, url, "metalbus-up"))
         await wait_whole_stack_healthy(probes, settings.ready_timeout_s)
         exited = [name for name, child in children.items() if child.poll() is not None]
         if exited:
@@ -245,13 +246,9 @@ async def inspect(state_dir: Path) -> list[ComponentStatus]:
     report: list[ComponentStatus] = []
     try:
         try:
-            probes.bus = await Bus.connect(
-                ConnectOptions(
-                    servers=(f"nats://{settings.host}:{settings.nats_port}",),
-                    name="metalbus-status",
-                    initial_connect_deadline_s=1.0,
-                )
-            )
+            url = f"nats://{settings.host}:{settings.nats_port}"
+            options = stack_client_options(layout.nats_store, url, "metalbus-status", initial_connect_deadline_s=1.0)
+            probes.bus = await Bus.connect(options)
         except MetalbusError:
             probes.bus = None
         for component in components:

@@ -65,32 +65,32 @@ class DhcpCountersCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         counters = self.counters
         yield _counter_family(
-            "metalbus_dhcp_received",
+            "metalbus_rack_dhcp_received",
             "DHCP requests decoded, by message type (UNKNOWN: no valid option 53).",
             "type",
             _with_known(MESSAGE_TYPES, counters.received),
         )
         yield _counter_family(
-            "metalbus_dhcp_replied",
+            "metalbus_rack_dhcp_replied",
             "DHCP replies sent, by message type.",
             "type",
             _with_known(MESSAGE_TYPES, counters.replied),
         )
         drops = _with_known(KNOWN_DROPS, counters.dropped)
         yield _counter_family(
-            "metalbus_dhcp_dropped",
+            "metalbus_rack_dhcp_dropped",
             "Datagrams dropped unanswered, by reason (decode_*: the codec's reason; overloaded: max_in_flight).",
             "reason",
             {drop_label(key): count for key, count in drops.items()},
         )
         yield _counter_family(
-            "metalbus_dhcp_silent",
+            "metalbus_rack_dhcp_silent",
             "Requests decoded and deliberately not answered, by the policy's reason.",
             "reason",
             _with_known(SILENCE_REASONS, counters.silent),
         )
         yield CounterMetricFamily(
-            "metalbus_dhcp_neighbour_fallbacks",
+            "metalbus_rack_dhcp_neighbour_fallbacks",
             "Replies broadcast because the neighbour entry for a unicast to yiaddr could not be set.",
             value=counters.neighbour_fallbacks,
         )
@@ -100,27 +100,27 @@ class DhcpCountersCollector(Collector):
     def _cache_metrics(self, cache: CachedLeaseSource) -> Iterator[Metric]:
         counts = cache.counters
         yield CounterMetricFamily(
-            "metalbus_dhcp_cache_local_renewals",
+            "metalbus_rack_dhcp_cache_local_renewals",
             "Renewals and re-requests ACKed from the rack's cache while the region was away.",
             value=counts.local_renewals,
         )
         yield CounterMetricFamily(
-            "metalbus_dhcp_cache_reconciled",
+            "metalbus_rack_dhcp_cache_reconciled",
             "Local renewals told to the region once it answered again.",
             value=counts.reconciled,
         )
         yield CounterMetricFamily(
-            "metalbus_dhcp_cache_reconcile_refused",
+            "metalbus_rack_dhcp_cache_reconcile_refused",
             "Local renewals the region refused when reconciled (the binding was dropped from the cache).",
             value=counts.reconcile_refused,
         )
         yield CounterMetricFamily(
-            "metalbus_dhcp_cache_refreshes",
+            "metalbus_rack_dhcp_cache_refreshes",
             "Snapshots of the rack's leases loaded from the region.",
             value=counts.refreshes,
         )
         yield GaugeMetricFamily(
-            "metalbus_dhcp_cache_pending_renewals",
+            "metalbus_rack_dhcp_cache_pending_renewals",
             "Local renewals not yet reconciled with the region.",
             value=len(cache.pending),
         )
@@ -132,14 +132,14 @@ class RegionTiming:
     def __init__(self, registry: CollectorRegistry, *, clock: Callable[[], float] = time.perf_counter) -> None:
         self.clock = clock
         self.latency = Histogram(
-            "metalbus_dhcp_region_request_seconds",
+            "metalbus_rack_dhcp_region_request_seconds",
             "Time the region took to answer a lease request (errors and timeouts included), by operation.",
             ["operation"],
             buckets=REGION_LATENCY_BUCKETS,
             registry=registry,
         )
         self.errors = Counter(
-            "metalbus_dhcp_region_errors",
+            "metalbus_rack_dhcp_region_errors",
             "Region lease requests that failed, by operation and error code (unavailable, timeout, conflict, …).",
             ["operation", "code"],
             registry=registry,

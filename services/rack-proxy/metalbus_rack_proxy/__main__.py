@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from metalbus.bus import Bus
 from metalbus.contracts.racks import RackServiceKind
 from metalbus.logging import configure_logging
-from metalbus.metrics_endpoint import FlatCountersCollector, serving_metrics
+from metalbus.metrics_endpoint import FlatCountersCollector, metric_prefix, serving_metrics
 from metalbus.rack_presence import keep_present
 from metalbus.runner import run_until_signalled
 from metalbus.settings import load_settings
@@ -23,6 +23,13 @@ from metalbus_rack_proxy.dns_metrics import DnsCountersCollector
 from metalbus_rack_proxy.dns_service import DnsConfig, RunningDns, running_dns
 from metalbus_rack_proxy.settings import RackProxySettings
 from metalbus_rack_proxy.syslog_relay import SyslogRelay, SyslogRelayConfig, region_sender
+
+METRICS_PREFIX = metric_prefix("rack_proxy")  # …syslog_*, …apt_*, …dns_*
+
+
+def counters_collector(part: str, counters: object, documentation: str) -> FlatCountersCollector:
+    """``counters`` of one part (``syslog``, ``apt``) as ``metalbus_rack_proxy_<part>_<field>_total``."""
+    return FlatCountersCollector(METRICS_PREFIX + part, counters, documentation)
 
 
 def syslog_relay(settings: RackProxySettings, bus: Bus) -> SyslogRelay:
@@ -80,11 +87,11 @@ async def run_rack_proxy(settings: RackProxySettings, stop: asyncio.Event) -> No
     parts: list[Coroutine[Any, Any, None]] = [keep_present(bus, RackServiceKind.PROXY, settings, stop)]
     if settings.syslog_ports:
         relay = syslog_relay(settings, bus)
-        registry.register(FlatCountersCollector("metalbus_syslog", relay.counters, "syslog relay"))
+        registry.register(counters_collector("syslog", relay.counters, "syslog relay"))
         parts.append(relay.run(stop))
     if settings.apt_proxy_port:
         apt = apt_proxy(settings)
-        registry.register(FlatCountersCollector("metalbus_apt_proxy", apt.counters, "APT proxy"))
+        registry.register(counters_collector("apt", apt.counters, "APT proxy"))
         parts.append(apt.run(stop))
     try:
         async with dns(settings, bus) as running:

@@ -41,14 +41,18 @@ class DnsCountersCollector(Collector):
         by_type = {kind.name: 0 for kind in RecordType}
         for qtype, count in counters.queries_by_type.items():
             by_type[query_type_name(qtype)] = by_type.get(query_type_name(qtype), 0) + count
-        yield _labelled("metalbus_dns_queries", "DNS queries read, by query type.", "type", by_type)
+        yield _labelled("metalbus_rack_proxy_dns_queries", "DNS queries read, by query type.", "type", by_type)
         rcodes = {rcode.name: 0 for rcode in Rcode} | dict(counters.replies_by_rcode)
-        yield _labelled("metalbus_dns_replies", "DNS replies sent, by rcode.", "rcode", rcodes)
+        yield _labelled("metalbus_rack_proxy_dns_replies", "DNS replies sent, by rcode.", "rcode", rcodes)
         dropped = {label(reason): count for reason, count in counters.dropped.items()}
-        yield _labelled("metalbus_dns_dropped", "Datagrams/messages dropped, by reason.", "reason", dropped)
-        yield CounterMetricFamily("metalbus_dns_forwarded", "Queries forwarded upstream.", value=counters.forwarded)
+        yield _labelled("metalbus_rack_proxy_dns_dropped", "Datagrams/messages dropped, by reason.", "reason", dropped)
         yield CounterMetricFamily(
-            "metalbus_dns_forward_failures", "Forwards no upstream answered.", value=counters.forward_failures
+            "metalbus_rack_proxy_dns_forwarded", "Queries forwarded upstream.", value=counters.forwarded
+        )
+        yield CounterMetricFamily(
+            "metalbus_rack_proxy_dns_forward_failures",
+            "Forwards no upstream answered.",
+            value=counters.forward_failures,
         )
         yield self._latency()
         yield from self._zone()
@@ -59,7 +63,7 @@ class DnsCountersCollector(Collector):
             cumulative += count
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
         return HistogramMetricFamily(
-            "metalbus_dns_latency_seconds",
+            "metalbus_rack_proxy_dns_latency_seconds",
             "From a query read to its reply sent (forwarded queries included).",
             buckets=buckets,
             sum_value=self.counters.latency_sum_s,
@@ -67,12 +71,16 @@ class DnsCountersCollector(Collector):
 
     def _zone(self) -> Iterator[Metric]:
         if self.feed is not None:
-            yield CounterMetricFamily("metalbus_dns_zone_refreshes", "Zones received.", value=self.feed.refreshes)
             yield CounterMetricFamily(
-                "metalbus_dns_zone_refresh_failures",
+                "metalbus_rack_proxy_dns_zone_refreshes", "Zones received.", value=self.feed.refreshes
+            )
+            yield CounterMetricFamily(
+                "metalbus_rack_proxy_dns_zone_refresh_failures",
                 "Zone requests the region did not answer (the last zone kept being served).",
                 value=self.feed.refresh_failures,
             )
         zone = self.answerer.zone if self.answerer is not None else None
         if zone is not None:
-            yield GaugeMetricFamily("metalbus_dns_zone_serial", "Serial of the zone being served.", value=zone.serial)
+            yield GaugeMetricFamily(
+                "metalbus_rack_proxy_dns_zone_serial", "Serial of the zone being served.", value=zone.serial
+            )

@@ -31,6 +31,11 @@ class Database:
         self.failure: str | None = None
         self.ready = asyncio.Event()
 
+    @property
+    def pool(self) -> asyncpg.Pool | None:
+        """The connection pool once PostgreSQL has answered and the schema is current (for its gauges)."""
+        return self._pool
+
     async def connect_and_migrate(self) -> None:
         """Retry until PostgreSQL answers, then apply migrations under the advisory lock.
 

@@ -40,3 +40,12 @@ class RegionSettings(ServiceSettings):
     power_request_timeout_s: float = Field(
         default=10.0, gt=0, le=300, description="How long one rack may take to answer a power command."
     )
+    events_stream_replicas: int = Field(
+        default=1, ge=1, le=5, description="NATS servers that keep the events stream (3 in a 3-node cluster)."
+    )
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="TCP port of GET /metrics (Prometheus text); 0: no metrics endpoint."
+    )
+    metrics_address: str = Field(
+        default="127.0.0.1", description="Address the metrics endpoint listens on (0.0.0.0: every interface)."
+    )

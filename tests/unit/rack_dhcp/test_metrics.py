@@ -103,14 +103,14 @@ def lease_lines(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str
 async def test_requests_and_replies_are_counted_by_message_type(rack: Rack) -> None:
     await rack.receive(DISCOVER, SELECTING, RELEASE)
 
-    assert rack.value("metalbus_dhcp_received_total", type="DISCOVER") == 1
-    assert rack.value("metalbus_dhcp_received_total", type="REQUEST") == 1
-    assert rack.value("metalbus_dhcp_received_total", type="RELEASE") == 1
-    assert rack.value("metalbus_dhcp_received_total", type="DECLINE") == 0
-    assert rack.value("metalbus_dhcp_replied_total", type="OFFER") == 1
-    assert rack.value("metalbus_dhcp_replied_total", type="ACK") == 1
-    assert rack.value("metalbus_dhcp_replied_total", type="NAK") == 0
-    assert rack.value("metalbus_dhcp_silent_total", reason="no_reply_expected") == 1
+    assert rack.value("metalbus_rack_dhcp_received_total", type="DISCOVER") == 1
+    assert rack.value("metalbus_rack_dhcp_received_total", type="REQUEST") == 1
+    assert rack.value("metalbus_rack_dhcp_received_total", type="RELEASE") == 1
+    assert rack.value("metalbus_rack_dhcp_received_total", type="DECLINE") == 0
+    assert rack.value("metalbus_rack_dhcp_replied_total", type="OFFER") == 1
+    assert rack.value("metalbus_rack_dhcp_replied_total", type="ACK") == 1
+    assert rack.value("metalbus_rack_dhcp_replied_total", type="NAK") == 0
+    assert rack.value("metalbus_rack_dhcp_silent_total", reason="no_reply_expected") == 1
     assert len(rack.transport.sent) == 2
 
 
@@ -127,16 +127,16 @@ async def test_requests_and_replies_are_counted_by_message_type(rack: Rack) -> N
 async def test_an_undecodable_datagram_is_dropped_under_the_codecs_reason(rack: Rack, data: bytes, reason: str) -> None:
     await rack.receive(data, data)
 
-    assert rack.value("metalbus_dhcp_dropped_total", reason=reason) == 2
+    assert rack.value("metalbus_rack_dhcp_dropped_total", reason=reason) == 2
     others = [
         sample
         for family in rack.metrics.registry.collect()
-        if family.name == "metalbus_dhcp_dropped"
+        if family.name == "metalbus_rack_dhcp_dropped"
         for sample in family.samples
         if sample.name.endswith("_total") and sample.labels["reason"] != reason
     ]
     assert others and all(sample.value == 0 for sample in others)
-    assert rack.value("metalbus_dhcp_received_total", type="DISCOVER") == 0
+    assert rack.value("metalbus_rack_dhcp_received_total", type="DISCOVER") == 0
     assert rack.transport.sent == []
 
 
@@ -153,8 +153,8 @@ async def test_datagrams_over_max_in_flight_are_dropped_as_overloaded() -> None:
     gate.set()
     await settle(protocol)
 
-    assert metrics.registry.get_sample_value("metalbus_dhcp_dropped_total", {"reason": "overloaded"}) == 1
-    assert metrics.registry.get_sample_value("metalbus_dhcp_received_total", {"type": "DISCOVER"}) == 2
+    assert metrics.registry.get_sample_value("metalbus_rack_dhcp_dropped_total", {"reason": "overloaded"}) == 1
+    assert metrics.registry.get_sample_value("metalbus_rack_dhcp_received_total", {"type": "DISCOVER"}) == 2
 
 
 async def test_a_region_away_silences_a_discover_and_counts_the_error_by_operation_and_code(rack: Rack) -> None:
@@ -162,9 +162,9 @@ async def test_a_region_away_silences_a_discover_and_counts_the_error_by_operati
 
     await rack.receive(DISCOVER)
 
-    assert rack.value("metalbus_dhcp_silent_total", reason="source_unavailable") == 1
-    assert rack.value("metalbus_dhcp_region_errors_total", operation="offer", code="unavailable") == 1
-    assert rack.value("metalbus_dhcp_region_request_seconds_count", operation="offer") == 1
+    assert rack.value("metalbus_rack_dhcp_silent_total", reason="source_unavailable") == 1
+    assert rack.value("metalbus_rack_dhcp_region_errors_total", operation="offer", code="unavailable") == 1
+    assert rack.value("metalbus_rack_dhcp_region_request_seconds_count", operation="offer") == 1
     assert rack.transport.sent == []
 
 
@@ -175,10 +175,10 @@ async def test_every_region_request_is_timed_into_its_operations_histogram() -> 
     await rack.receive(DISCOVER, SELECTING, RENEWING, RELEASE, DECLINE)
 
     for operation in ("snapshot", "offer", "commit", "renew", "release", "decline"):
-        assert rack.value("metalbus_dhcp_region_request_seconds_count", operation=operation) == 1, operation
-        assert rack.value("metalbus_dhcp_region_request_seconds_sum", operation=operation) == pytest.approx(0.02)
-        assert rack.value("metalbus_dhcp_region_request_seconds_bucket", operation=operation, le="0.01") == 0
-        assert rack.value("metalbus_dhcp_region_request_seconds_bucket", operation=operation, le="0.025") == 1
+        assert rack.value("metalbus_rack_dhcp_region_request_seconds_count", operation=operation) == 1, operation
+        assert rack.value("metalbus_rack_dhcp_region_request_seconds_sum", operation=operation) == pytest.approx(0.02)
+        assert rack.value("metalbus_rack_dhcp_region_request_seconds_bucket", operation=operation, le="0.01") == 0
+        assert rack.value("metalbus_rack_dhcp_region_request_seconds_bucket", operation=operation, le="0.025") == 1
 
 
 async def test_a_renewal_answered_from_the_cache_is_counted_logged_as_cache_and_reconciled_later(rack: Rack) -> None:
@@ -188,19 +188,19 @@ async def test_a_renewal_answered_from_the_cache_is_counted_logged_as_cache_and_
     with capture_logs() as logs:
         await rack.receive(RENEWING)
 
-    assert rack.value("metalbus_dhcp_replied_total", type="ACK") == 1
-    assert rack.value("metalbus_dhcp_cache_local_renewals_total") == 1
-    assert rack.value("metalbus_dhcp_cache_pending_renewals") == 1
-    assert rack.value("metalbus_dhcp_region_errors_total", operation="renew", code="unavailable") == 1
+    assert rack.value("metalbus_rack_dhcp_replied_total", type="ACK") == 1
+    assert rack.value("metalbus_rack_dhcp_cache_local_renewals_total") == 1
+    assert rack.value("metalbus_rack_dhcp_cache_pending_renewals") == 1
+    assert rack.value("metalbus_rack_dhcp_region_errors_total", operation="renew", code="unavailable") == 1
     [line] = lease_lines(logs)
     assert (line["type"], line["ip"], line["source"]) == ("ACK", str(IP), "cache")
 
     rack.region.away = None
     await rack.cache.refresh()
 
-    assert rack.value("metalbus_dhcp_cache_reconciled_total") == 1
-    assert rack.value("metalbus_dhcp_cache_pending_renewals") == 0
-    assert rack.value("metalbus_dhcp_cache_refreshes_total") == 2
+    assert rack.value("metalbus_rack_dhcp_cache_reconciled_total") == 1
+    assert rack.value("metalbus_rack_dhcp_cache_pending_renewals") == 0
+    assert rack.value("metalbus_rack_dhcp_cache_refreshes_total") == 2
 
 
 async def test_each_lease_event_is_one_info_line_with_mac_ip_subnet_type_rack_xid_and_source(rack: Rack) -> None:
@@ -224,7 +224,7 @@ async def test_a_nak_is_logged_with_the_address_the_client_asked_for(rack: Rack)
 
     [line] = lease_lines(logs)
     assert (line["type"], line["ip"], line["subnet"], line["source"]) == ("NAK", str(IP), None, "region")
-    assert rack.value("metalbus_dhcp_replied_total", type="NAK") == 1
+    assert rack.value("metalbus_rack_dhcp_replied_total", type="NAK") == 1
 
 
 @pytest.mark.parametrize(
@@ -246,8 +246,8 @@ def test_the_lease_line_names_the_subnet_from_yiaddr_and_a_contiguous_mask(mask:
 async def test_scraping_reads_the_counters_and_counts_nothing_itself(rack: Rack) -> None:
     await rack.receive(DISCOVER)
 
-    first = rack.value("metalbus_dhcp_received_total", type="DISCOVER")
-    second = rack.value("metalbus_dhcp_received_total", type="DISCOVER")
+    first = rack.value("metalbus_rack_dhcp_received_total", type="DISCOVER")
+    second = rack.value("metalbus_rack_dhcp_received_total", type="DISCOVER")
 
     assert (first, second, rack.metrics.counters.received["DISCOVER"]) == (1, 1, 1)
 

@@ -22,9 +22,9 @@ def test_a_scrape_shows_queries_replies_drops_latency_and_the_serial() -> None:
     registry = CollectorRegistry()
     registry.register(DnsCountersCollector(resolver.counters, answerer=answerer))
     text = generate_latest(registry).decode()
-    assert 'metalbus_dns_queries_total{type="A"} 3.0' in text
-    assert 'metalbus_dns_queries_total{type="PTR"} 0.0' in text
-    assert 'metalbus_dns_replies_total{rcode="NXDOMAIN"} 3.0' in text
-    assert 'metalbus_dns_dropped_total{reason="shorter_than_a_header"} 1.0' in text
-    assert 'metalbus_dns_latency_seconds_bucket{le="0.0005"} 3.0' in text
-    assert "metalbus_dns_zone_serial 42.0" in text
+    assert 'metalbus_rack_proxy_dns_queries_total{type="A"} 3.0' in text
+    assert 'metalbus_rack_proxy_dns_queries_total{type="PTR"} 0.0' in text
+    assert 'metalbus_rack_proxy_dns_replies_total{rcode="NXDOMAIN"} 3.0' in text
+    assert 'metalbus_rack_proxy_dns_dropped_total{reason="shorter_than_a_header"} 1.0' in text
+    assert 'metalbus_rack_proxy_dns_latency_seconds_bucket{le="0.0005"} 3.0' in text
+    assert "metalbus_rack_proxy_dns_zone_serial 42.0" in text
