@@ -17,6 +17,9 @@ from metalbus.contracts.boot import (
     BootResource,
     BootResourceList,
     BootResourceListQuery,
+    BootTransferAck,
+    BootTransferEvent,
+    BootTransferReport,
 )
 from metalbus.contracts.dns import DnsZone, DnsZoneQuery
 from metalbus.contracts.health import HealthQuery, RegionHealth, ReplicaPresent, ReplicaRollCall
@@ -56,6 +59,7 @@ from metalbus.contracts.machines import (
 from metalbus.contracts.metadata import (
     HardwareInventory,
     MetadataRead,
+    MetadataReadEvent,
     MetadataSignal,
     MetadataStatusReport,
     MetadataValue,
@@ -82,6 +86,12 @@ from metalbus.contracts.racks import (
     RackServiceAnnouncement,
     RackServiceEvent,
     RackServiceHeartbeat,
+)
+from metalbus.contracts.scripts import (
+    CommissioningScript,
+    CommissioningScriptList,
+    ScriptListQuery,
+    ScriptQuery,
 )
 from metalbus.contracts.syslog import SyslogAck, SyslogBatch, SyslogEvent
 
@@ -296,6 +306,34 @@ BOOT_RESOURCE_SET = RequestSubject(
 BOOT_RESOURCE_LIST = RequestSubject(
     "region.boot.resources.list", BootResourceListQuery, BootResourceList, "Every boot resource."
 )
+BOOT_TRANSFERS = RequestSubject(
+    "region.boot.transfers",
+    BootTransferReport,
+    BootTransferAck,
+    "A rack reports the boot files (TFTP, HTTP) it sent; each one a machine fetched becomes an event.",
+)
+EVENT_BOOT_TRANSFER = EventSubject(
+    "events.boot.{system_id}",
+    BootTransferEvent,
+    "A rack sent a machine a boot file (bootloader, config, kernel, initrd) over TFTP or HTTP.",
+)
+
+# -- region: commissioning scripts (operators') -----------------------------------------------------------
+SCRIPT_SET = RequestSubject(
+    "region.scripts.set",
+    CommissioningScript,
+    CommissioningScript,
+    "Add or replace a commissioning script by name (a commission call may then choose it).",
+)
+SCRIPT_LIST = RequestSubject(
+    "region.scripts.list", ScriptListQuery, CommissioningScriptList, "Every commissioning script, by name."
+)
+SCRIPT_DELETE = RequestSubject(
+    "region.scripts.delete",
+    ScriptQuery,
+    CommissioningScript,
+    "Remove a commissioning script (refused while a commissioning machine has chosen it).",
+)
 
 # -- region: metadata (asked by rack-proxy on behalf of a machine) ---------------------------------------
 METADATA_READ = RequestSubject(
@@ -372,6 +410,9 @@ EVENT_MACHINE = EventSubject("events.machine.{system_id}", MachineEvent, "A mach
 EVENT_LEASE = EventSubject("events.lease.{subnet_id}", LeaseEvent, "A lease changed state.")
 EVENT_POWER = EventSubject("events.power.{system_id}", PowerEvent, "A machine was powered on/off or queried.")
 EVENT_RESULT = EventSubject("events.result.{system_id}", ResultEvent, "A commissioning script result was stored.")
+EVENT_METADATA_READ = EventSubject(
+    "events.metadata.{system_id}", MetadataReadEvent, "A machine read a metadata item (user-data, its hostname, …)."
+)
 EVENT_CLOUD_INIT = EventSubject(
     "events.cloud-init.{system_id}", StatusReportEvent, "A machine's cloud-init reported a stage's start or finish."
 )
@@ -415,6 +456,10 @@ REQUEST_SUBJECTS: tuple[RequestSubject[Message, Message], ...] = (
     BOOT_CONFIG,
     BOOT_RESOURCE_SET,
     BOOT_RESOURCE_LIST,
+    BOOT_TRANSFERS,
+    SCRIPT_SET,
+    SCRIPT_LIST,
+    SCRIPT_DELETE,
     METADATA_READ,
     METADATA_SIGNAL,
     METADATA_STATUS,
@@ -433,6 +478,8 @@ EVENT_SUBJECTS: tuple[EventSubject[Message], ...] = (
     EVENT_POWER,
     EVENT_RESULT,
     EVENT_CLOUD_INIT,
+    EVENT_METADATA_READ,
+    EVENT_BOOT_TRANSFER,
     EVENT_SYSLOG,
     # (syslog event subjects go here)
 )  # type: ignore[assignment]

@@ -23,6 +23,7 @@ root-namespace end at ``<prefix>.2``), with router advertisements so iPXE does n
 
 import asyncio
 import contextlib
+import json
 import re
 import shutil
 import subprocess
@@ -51,6 +52,7 @@ from metalbus.contracts.machines import (
     PowerType,
 )
 from metalbus.contracts.metadata import HardwareInventory
+from metalbus.contracts.scripts import CommissioningScript
 from metalbus.subjects import (
     BOOT_RESOURCE_SET,
     MACHINE_ACTION,
@@ -58,6 +60,7 @@ from metalbus.subjects import (
     MACHINE_GET,
     MACHINE_INVENTORY,
     MACHINE_RESULTS,
+    SCRIPT_SET,
 )
 from metalbus_rack_dhcp.__main__ import run_rack_dhcp
 from metalbus_rack_dhcp.server import ServerCounters
@@ -303,6 +306,21 @@ async def lldp_neighbour(link: Link, tap: str) -> AsyncIterator[str]:
         await asyncio.wait_for(process.wait(), 10)
 
 
+async def machine_events(dsn: str, system_id: str) -> dict[str, list[dict[str, Any]]]:
+    """The machine's events in the outbox table, by kind (``events.<kind>.<system_id>``)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT subject, payload FROM events WHERE subject LIKE 'events.%.' || $1 ORDER BY sequence", system_id
+        )
+    finally:
+        await conn.close()
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_kind.setdefault(row["subject"].split(".")[1], []).append(json.loads(row["payload"]))
+    return by_kind
+
+
 async def syslog_lines_of(dsn: str, system_id: str) -> list[str]:
     conn = await asyncpg.connect(dsn)
     try:
@@ -353,9 +371,9 @@ async def watch(timeline: Timeline, rack: Rack, console: Path, stop: asyncio.Eve
         if rack.dhcp_counters.replied["ACK"]:
             timeline.mark("firmware DHCP ACK")
         served = await asyncio.to_thread(scrape, rack.tftp_metrics_port)
-        if sum(value for name, value in served.items() if name.startswith("metalbus_http_boot_bytes_sent")) >= (
-            rack.image_bytes
-        ):
+        if sum(
+            value for name, value in served.items() if name.startswith("metalbus_rack_tftp_http_boot_bytes_sent")
+        ) >= (rack.image_bytes):
             timeline.mark("kernel+initrd sent (HTTP)")
         text = console_text(console)
         for step, needle in CONSOLE_STEPS.items():
@@ -466,7 +484,46 @@ async def test_a_qemu_machine_is_commissioned_to_ready_and_its_inventory_matches
     )
     assert any("Linux version" in line for line in logged), "the kernel's boot lines (klogd) were not relayed"
     assert any("metalbus-ephemeral: running the user-data" in line for line in logged)
+    events = await machine_events(rack.database_dsn, machine.system_id)
+    fetched = {(event["protocol"], event["path"]) for event in events["boot"] if event["completed"]}
+    assert {("http", f"{IMAGE_DIR}/vmlinuz"), ("http", f"{IMAGE_DIR}/initrd.img")} <= fetched, fetched
+    assert "user-data" in {event["item"] for event in events["metadata"]}
     results = await bus.request(MACHINE_RESULTS, MachineQuery(system_id=machine.system_id))
     [result] = [result for result in results.results if result.name == "metalbus-inventory"]
     assert result.exit_status == 0
     assert HardwareInventory.model_validate_json(result.stdout).interfaces == inventory.interfaces
+
+
+FAILING_SCRIPT = CommissioningScript(
+    name="burn-in", content="#!/bin/sh\necho 'memory: 3 errors'\necho 'bad DIMM in slot 2' >&2\nexit 7\n"
+)
+
+
+@pytest.mark.usefixtures("router_advertisements", "lldp_neighbour")
+async def test_a_qemu_machine_whose_chosen_script_fails_ends_failed_commissioning_with_the_output_stored(
+    rack: Rack, link: Link, tap: str, tmp_path: Path
+) -> None:
+    bus, mac = rack.bus, guest_mac()
+    await bus.request(SCRIPT_SET, FAILING_SCRIPT, timeout=5)
+    created = MachineCreate(
+        hostname="qemu-2", architecture=BIOS.architecture, boot_mac=mac, power_type=PowerType.MANUAL
+    )
+    machine = await bus.request(MACHINE_CREATE, created, timeout=10)
+    commission = MachineActionRequest(
+        system_id=machine.system_id, action=MachineAction.COMMISSION, scripts=[FAILING_SCRIPT.name]
+    )
+    assert (await bus.request(MACHINE_ACTION, commission, timeout=15)).status is MachineStatus.COMMISSIONING
+    async with virtual_machine(link, tap, mac, BIOS, tmp_path) as qemu, asyncio.timeout(READY_TIMEOUT_S):
+        final = await until_commissioning_ends(bus, machine.system_id, qemu)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(qemu.wait(), 15)
+        powered_off = qemu.returncode == 0
+
+    assert final.status is MachineStatus.FAILED_COMMISSIONING
+    assert final.status_reason is not None and FAILING_SCRIPT.name in final.status_reason
+    assert powered_off, "the commissioning environment did not power the VM off after the failure"
+    results = await bus.request(MACHINE_RESULTS, MachineQuery(system_id=machine.system_id))
+    by_name = {result.name: result for result in results.results}
+    assert by_name["metalbus-inventory"].exit_status == 0
+    failed = by_name[FAILING_SCRIPT.name]
+    assert (failed.exit_status, failed.stdout, failed.stderr) == (7, "memory: 3 errors\n", "bad DIMM in slot 2\n")

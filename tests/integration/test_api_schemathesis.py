@@ -76,6 +76,6 @@ async def test_no_generated_request_gets_a_5xx_or_an_answer_outside_the_document
         started = time.monotonic()
         failures, fuzzed = await asyncio.to_thread(fuzz, url, stack.key)
         elapsed = time.monotonic() - started
-    assert fuzzed == 22
+    assert fuzzed == 25
     assert not failures, "\n\n".join(failures)
     assert elapsed < 90

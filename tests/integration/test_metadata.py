@@ -26,6 +26,7 @@ from metalbus.contracts.metadata import (
     HardwareInventory,
     MetadataItem,
     MetadataRead,
+    MetadataReadEvent,
     MetadataSignal,
     OAuthCredentials,
     ResultEvent,
@@ -110,6 +111,27 @@ async def test_credentials_read_only_their_own_machines_items(
     assert items[MetadataItem.USER_DATA] == commissioning_script()
     assert items[MetadataItem.USER_DATA].startswith("#!/bin/sh\n")
     assert b_items == [b, "node-b"]
+
+
+async def test_every_read_is_an_event_of_the_machine_that_read_and_a_refused_one_is_none(
+    nats_server: NatsServer, database_dsn: str, bus: Bus
+) -> None:
+    async with region(nats_server, database_dsn, bus), database(database_dsn) as conn:
+        system_id, credentials = await commissioning_machine(conn, "52:54:00:00:00:0c", "node-c")
+        await read(bus, credentials, MetadataItem.USER_DATA)
+        await read(bus, credentials, MetadataItem.LOCAL_HOSTNAME)
+        with pytest.raises(Forbidden):
+            await read(bus, wrong_secret(credentials), MetadataItem.USER_DATA)
+        rows = await conn.fetch(
+            "SELECT subject, payload FROM events WHERE subject LIKE 'events.metadata.%' ORDER BY sequence"
+        )
+
+    assert [row["subject"] for row in rows] == [f"events.metadata.{system_id}"] * 2
+    read_events = [MetadataReadEvent.model_validate_json(row["payload"]) for row in rows]
+    assert [(event.system_id, event.item) for event in read_events] == [
+        (system_id, MetadataItem.USER_DATA),
+        (system_id, MetadataItem.LOCAL_HOSTNAME),
+    ]
 
 
 def wrong_secret(credentials: OAuthCredentials) -> OAuthCredentials:

@@ -1,13 +1,15 @@
 """Boot decisions: what a PXE-booting machine gets (purpose, kernel, initrd, squashfs, command line)."""
 
+from datetime import datetime
 from ipaddress import IPv4Address
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
 from metalbus.contracts.base import Message, examples
-from metalbus.contracts.common import Architecture, MacAddress, SystemId
+from metalbus.contracts.common import Architecture, IdempotencyKey, MacAddress, SystemId
 from metalbus.contracts.machines import BootPurpose
+from metalbus.contracts.racks import RACK_ID_PATTERN
 
 RACK_HTTP_PORT = 5248
 """The rack's HTTP port (boot files, ``/MAAS`` metadata), as on a MAAS rack; every default of it is this one."""
@@ -122,3 +124,93 @@ class BootConfig(Message):
     initrd: str | None
     squashfs: str | None
     kernel_command_line: str
+
+
+# -- what the rack served to booting machines (TFTP and HTTP transfers) ------------------------------------------
+
+MAX_TRANSFERS_PER_REPORT = 500
+TransferProtocol = Literal["tftp", "http"]
+
+
+_TRANSFER = {
+    "schema_version": 1,
+    "protocol": "http",
+    "path": "images/amd64/ephemeral/vmlinuz",
+    "client_ip": "10.20.0.101",
+    "size_bytes": 8123456,
+    "completed": True,
+    "duration_s": 0.41,
+    "finished_at": "2026-11-25T06:00:01Z",
+}
+
+
+class BootTransfer(Message):
+    """One file a rack sent (or began to send) to a booting machine."""
+
+    model_config = examples(_TRANSFER)
+
+    protocol: TransferProtocol
+    path: str = Field(max_length=1024)
+    client_ip: IPv4Address
+    size_bytes: int = Field(ge=0, description="The file's size (what a completed transfer sent).")
+    completed: bool = Field(description="False: the client went away, stalled or timed out.")
+    duration_s: float = Field(ge=0)
+    finished_at: datetime
+
+
+class BootTransferReport(Message):
+    """Transfers one rack finished, reported together; ``batch_id`` makes a retried report count once."""
+
+    model_config = examples(
+        {
+            "schema_version": 1,
+            "rack_id": "rack-1",
+            "batch_id": "transfers-rack-1-5f0c1d2e9a7b",
+            "transfers": [_TRANSFER],
+        }
+    )
+
+    rack_id: str = Field(pattern=RACK_ID_PATTERN)
+    batch_id: IdempotencyKey | None = None
+    transfers: list[BootTransfer] = Field(max_length=MAX_TRANSFERS_PER_REPORT)
+
+
+class BootTransferAck(Message):
+    """``attributed`` of the report's transfers were matched to a machine (by the lease on the client's address)
+    and published as events; the others are counted, not kept."""
+
+    model_config = examples({"schema_version": 1, "received": 1, "attributed": 1})
+
+    received: int = Field(ge=0)
+    attributed: int = Field(ge=0)
+
+
+class BootTransferEvent(Message):
+    """On ``events.boot.<system_id>``: the rack sent a machine a boot file."""
+
+    model_config = examples(
+        {
+            "schema_version": 1,
+            "sequence": 14,
+            "system_id": "x7kq2m",
+            "rack_id": "rack-1",
+            "protocol": "tftp",
+            "path": "pxelinux.cfg/01-52-54-00-12-34-56",
+            "client_ip": "10.20.0.101",
+            "size_bytes": 412,
+            "completed": True,
+            "duration_s": 0.01,
+            "at": "2026-11-25T06:00:01Z",
+        }
+    )
+
+    sequence: int
+    system_id: SystemId
+    rack_id: str
+    protocol: TransferProtocol
+    path: str
+    client_ip: IPv4Address
+    size_bytes: int
+    completed: bool
+    duration_s: float
+    at: datetime

@@ -16,6 +16,7 @@ from metalbus.contracts.common import (
     TextMap,
     without_nul_characters,
 )
+from metalbus.contracts.scripts import SCRIPT_NAME_PATTERN
 
 
 class MachineStatus(StrEnum):
@@ -200,6 +201,7 @@ class MachineActionRequest(Message):
             "action": "commission",
             "reason": None,
             "commissioning_timeout_s": 1800,
+            "scripts": ["smartctl-short"],
             "idempotency_key": "commission-x7kq2m-0001",
         }
     )
@@ -208,6 +210,11 @@ class MachineActionRequest(Message):
     action: MachineAction
     reason: str | None = Field(default=None, max_length=1000)
     commissioning_timeout_s: float | None = Field(default=None, gt=0, le=24 * 3600)
+    scripts: list[Annotated[str, Field(pattern=SCRIPT_NAME_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=50,
+        description="commission: the operator's commissioning scripts to run after the inventory, in order.",
+    )
     idempotency_key: IdempotencyKey | None = None
 
 

@@ -52,6 +52,19 @@ class MetadataRead(Message):
     item: MetadataItem
 
 
+class MetadataReadEvent(Message):
+    """On ``events.metadata.<system_id>``: the machine read one metadata item (through its rack's proxy)."""
+
+    model_config = examples(
+        {"schema_version": 1, "sequence": 11, "system_id": "x7kq2m", "item": "user-data", "at": "2026-11-25T06:00:00Z"}
+    )
+
+    sequence: int
+    system_id: SystemId
+    item: MetadataItem
+    at: datetime
+
+
 class MetadataValue(Message):
     model_config = examples({"schema_version": 1, "system_id": "x7kq2m", "item": "local-hostname", "content": "node-1"})
 

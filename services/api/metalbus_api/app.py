@@ -16,6 +16,7 @@ from metalbus_api import (
     routes_machines,
     routes_metrics,
     routes_network,
+    routes_scripts,
 )
 from metalbus_api.auth import ApiKeyCache
 from metalbus_api.errors import CatchAllErrors, install_error_handlers
@@ -67,6 +68,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         routes_machine_actions.router,
         routes_network.router,
         routes_boot.router,
+        routes_scripts.router,
         routes_events.router,
         routes_metrics.router,
     ):

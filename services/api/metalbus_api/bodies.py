@@ -6,13 +6,14 @@ as on the bus.
 """
 
 from ipaddress import IPv4Address
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from metalbus.contracts.common import Architecture, IdempotencyKey, MacAddress
 from metalbus.contracts.machines import PowerType
 from metalbus.contracts.power import PowerAction
+from metalbus.contracts.scripts import SCRIPT_NAME_PATTERN
 
 MAX_COMMISSIONING_TIMEOUT_S = 24 * 3600
 
@@ -50,6 +51,11 @@ class CommissionBody(Body):
         gt=0,
         le=MAX_COMMISSIONING_TIMEOUT_S,
         description="Fail commissioning if no result arrives by then (region default when left out).",
+    )
+    scripts: list[Annotated[str, Field(pattern=SCRIPT_NAME_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Commissioning scripts (PUT /scripts/{name}) to run after the inventory, in this order.",
     )
     wait: bool = Field(default=False, description="Answer only when the machine leaves commissioning.")
     wait_timeout_s: float = Field(

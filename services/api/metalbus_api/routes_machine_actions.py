@@ -47,6 +47,7 @@ async def commission(
         action=MachineAction.COMMISSION,
         reason=body.reason,
         commissioning_timeout_s=body.timeout_s,
+        scripts=body.scripts,
         idempotency_key=idempotency_key,
     )
     if not body.wait:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import re
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from metalbus_rack_tftp.sources import FileRefused, FileSource, OpenedFile, RefusalReason, Requester
+from metalbus_rack_tftp.transfer_reports import FinishedTransfer, TransferObserver
 
 CHUNK_SIZE = 256 * 1024
 METADATA_PREFIX = "/MAAS"
@@ -194,8 +196,10 @@ class HttpBootApp:
         stall_timeout: float = 60.0,
         chunk_size: int = CHUNK_SIZE,
         counters: HttpBootCounters | None = None,
+        on_transfer: TransferObserver | None = None,
     ) -> None:
         self._source = source
+        self._on_transfer = on_transfer
         self._metadata_app = metadata_app
         self._retry_after = str(retry_after_seconds).encode()
         self._stall_timeout = stall_timeout
@@ -235,11 +239,16 @@ class HttpBootApp:
         except FileRefused as refusal:
             await self._refuse(send, refusal, path, requester, head)
             return
+        started = time.monotonic()
         with contextlib.closing(opened):
             answer = answer_range(
                 _header(scope, b"range"), opened.size, if_range_present=_header(scope, b"if-range") is not None
             )
-            await self._answer(receive, send, opened, answer, head)
+            completed = await self._answer(receive, send, opened, answer, head)
+        if self._on_transfer is not None and not head and not isinstance(answer, RangeNotSatisfiable):
+            size = answer.length if isinstance(answer, PartialContent) else opened.size
+            duration_s = time.monotonic() - started
+            self._on_transfer(FinishedTransfer("http", path, requester.client_address, size, completed, duration_s))
 
     async def _refuse(self, send: Send, refusal: FileRefused, path: str, requester: Requester, head: bool) -> None:
         self.counters.refusals[refusal.reason] += 1
@@ -254,14 +263,15 @@ class HttpBootApp:
         extra = [(b"retry-after", self._retry_after)] if refusal.reason is RefusalReason.UNAVAILABLE else []
         await _send_status(send, _REFUSAL_STATUS[refusal.reason], refusal.reason.value, extra, head)
 
-    async def _answer(self, receive: Receive, send: Send, opened: OpenedFile, answer: RangeAnswer, head: bool) -> None:
+    async def _answer(self, receive: Receive, send: Send, opened: OpenedFile, answer: RangeAnswer, head: bool) -> bool:
+        """Send the answer; True if every byte it promised went out."""
         size = opened.size
         common = [(b"accept-ranges", b"bytes")]
         if isinstance(answer, RangeNotSatisfiable):
             self.counters.unsatisfiable_ranges += 1
             extra = [*common, (b"content-range", f"bytes */{size}".encode())]
             await _send_status(send, 416, "range not satisfiable", extra, head)
-            return
+            return True
         if isinstance(answer, PartialContent):
             self.counters.partial_responses += 1
             status, first, length = 206, answer.first, answer.length
@@ -277,11 +287,12 @@ class HttpBootApp:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         if head:
             await send({"type": "http.response.body", "body": b""})
-            return
-        await self._stream(receive, send, opened, first, length)
+            return True
+        return await self._stream(receive, send, opened, first, length)
 
-    async def _stream(self, receive: Receive, send: Send, opened: OpenedFile, first: int, length: int) -> None:
-        """Send ``length`` bytes from ``first``, one chunk at a time; stop when the client is gone or stalls."""
+    async def _stream(self, receive: Receive, send: Send, opened: OpenedFile, first: int, length: int) -> bool:
+        """Send ``length`` bytes from ``first``, one chunk at a time; stop (False) when the client is gone or
+        stalls."""
         client_gone = asyncio.Event()
         watcher = asyncio.create_task(_watch_disconnect(receive, client_gone.set))
         try:
@@ -289,7 +300,7 @@ class HttpBootApp:
             while offset < end:
                 if client_gone.is_set():
                     self.counters.aborted_transfers += 1
-                    return
+                    return False
                 wanted = min(self._chunk_size, end - offset)
                 try:
                     chunk = await asyncio.to_thread(opened.read, offset, wanted)
@@ -306,10 +317,11 @@ class HttpBootApp:
                 except TimeoutError:
                     self.counters.stalled_transfers += 1
                     log.info("http_boot.stalled", offset=offset - wanted, timeout=self._stall_timeout)
-                    return
+                    return False
                 self.counters.bytes_sent += wanted
             if length == 0:
                 await send({"type": "http.response.body", "body": b""})
+            return True
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -384,6 +396,7 @@ async def serve_http_boot(
     stall_timeout: float = 60.0,
     close_timeout: int = 10,
     startup_timeout: float = 10.0,
+    on_transfer: TransferObserver | None = None,
 ) -> HttpBootServer:
     """Listen on ``host:port`` (0 = any free port; ``OSError`` if taken) and serve ``source`` until ``close()``.
 
@@ -392,7 +405,11 @@ async def serve_http_boot(
     """
     listener = _listening_socket(host, port)
     app = HttpBootApp(
-        source, metadata_app=metadata_app, retry_after_seconds=retry_after_seconds, stall_timeout=stall_timeout
+        source,
+        metadata_app=metadata_app,
+        retry_after_seconds=retry_after_seconds,
+        stall_timeout=stall_timeout,
+        on_transfer=on_transfer,
     )
     config = uvicorn.Config(
         app,

@@ -43,6 +43,7 @@ from metalbus_rack_tftp.tftp_codec import (
     to_netascii,
 )
 from metalbus_rack_tftp.tftp_codec import Error as ErrorPacket
+from metalbus_rack_tftp.transfer_reports import FinishedTransfer, TransferObserver
 
 log = structlog.get_logger("metalbus.rack_tftp")
 
@@ -261,10 +262,17 @@ class ReadTransfer:
 class TftpServer:
     """The listen socket, the transfers it started, and the counters; ``close`` frees everything."""
 
-    def __init__(self, sock: socket.socket, source: FileSource, settings: TftpServerSettings) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        source: FileSource,
+        settings: TftpServerSettings,
+        on_transfer: TransferObserver | None = None,
+    ) -> None:
         self._socket = sock
         self._source = source
         self._settings = settings
+        self._on_transfer = on_transfer
         self._loop = asyncio.get_running_loop()
         self._bound_address: str = sock.getsockname()[0]
         self._transfers: dict[Client, ReadTransfer | None] = {}
@@ -366,7 +374,8 @@ class TftpServer:
             self.counters.transfers_failed["no-socket"] += 1
             log.warning("tftp.no_transfer_socket", client=client[0], error=repr(error))
             return
-        transfer = ReadTransfer(sock, opened, client, request, self._settings, self.counters, self._finisher(client))
+        finished = self._finisher(client, request.filename, opened.size)
+        transfer = ReadTransfer(sock, opened, client, request, self._settings, self.counters, finished)
         self._transfers[client] = transfer
         log.debug("tftp.transfer", client=client[0], filename=request.filename, size=opened.size)
         transfer.start()
@@ -388,7 +397,9 @@ class TftpServer:
         finally:
             opened.close()
 
-    def _finisher(self, client: Client) -> Callable[[str | None], None]:
+    def _finisher(self, client: Client, filename: str, size: int) -> Callable[[str | None], None]:
+        started = self._loop.time()
+
         def finished(failure: str | None) -> None:
             self._transfers.pop(client, None)
             if failure is None:
@@ -396,6 +407,9 @@ class TftpServer:
             else:
                 self.counters.transfers_failed[failure] += 1
                 log.debug("tftp.transfer_failed", client=client[0], reason=failure)
+            if self._on_transfer is not None:
+                duration_s = self._loop.time() - started
+                self._on_transfer(FinishedTransfer("tftp", filename, client[0], size, failure is None, duration_s))
 
         return finished
 
@@ -413,7 +427,11 @@ def transfer_socket(local_address: str) -> socket.socket:
 
 
 async def serve_tftp(
-    address: str, port: int, source: FileSource, settings: TftpServerSettings | None = None
+    address: str,
+    port: int,
+    source: FileSource,
+    settings: TftpServerSettings | None = None,
+    on_transfer: TransferObserver | None = None,
 ) -> TftpServer:
     """Listen on ``address:port`` (``0.0.0.0`` for every IPv4 address; port 0 for any free port) and serve.
 
@@ -426,6 +444,6 @@ async def serve_tftp(
     except OSError:
         sock.close()
         raise
-    server = TftpServer(sock, source, settings or TftpServerSettings())
+    server = TftpServer(sock, source, settings or TftpServerSettings(), on_transfer)
     log.info("tftp.serving", address=address, port=server.port)
     return server

@@ -11,6 +11,7 @@ replica is failing is skipped, and once failed it is no longer commissioning, so
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 
 import structlog
 
@@ -22,6 +23,7 @@ from metalbus_region import machine_store
 from metalbus_region.context import RegionContext
 from metalbus_region.database import RETRY_ERRORS
 from metalbus_region.power_client import PowerClient, PowerOutcome, record_power_event
+from metalbus_region.scripts import choose_scripts
 from metalbus_region.tokens import issue_token
 from metalbus_region.transitions import apply_action
 
@@ -32,12 +34,19 @@ REAPER_ERRORS: tuple[type[BaseException], ...] = (MetalbusError, *RETRY_ERRORS)
 
 
 async def begin_commissioning(
-    conn: DbConnection, system_id: str, *, timeout_s: float | None, reason: str | None
+    conn: DbConnection,
+    system_id: str,
+    *,
+    timeout_s: float | None,
+    reason: str | None,
+    scripts: Sequence[str] = (),
 ) -> Machine:
     """Inside the caller's transaction: COMMISSIONING with a deadline, a fresh metadata token, boot purpose
-    commissioning. The machine is powered on after the commit (``Commissioning.power_on``)."""
+    commissioning, the operator's chosen ``scripts``. The machine is powered on after the commit
+    (``Commissioning.power_on``)."""
     deadline = await machine_store.commissioning_deadline(conn, timeout_s)
     await apply_action(conn, system_id, MachineAction.COMMISSION, reason=reason, commissioning_deadline=deadline)
+    await choose_scripts(conn, system_id, list(scripts))
     await issue_token(conn, system_id, expires_at=None)
     await machine_store.set_boot_purpose(conn, system_id, BootPurpose.COMMISSIONING)
     return await machine_store.get_machine(conn, system_id)

@@ -2,9 +2,11 @@
 # metalbus commissioning runner: the user-data a commissioning machine reads from its metadata service.
 #
 # With no argument (as cloud-init or the ephemeral environment's init runs it): gather the hardware inventory,
-# post it as the script result "metalbus-inventory" (op=signal, status WORKING), then post the final OK.
-# If gathering fails, its output and exit status are posted and the runner stops: the region then fails
-# commissioning naming the script and its status.
+# post it as the script result "metalbus-inventory" (op=signal, status WORKING), run the scripts the operator
+# chose for this commissioning (rendered into user_scripts() by the region; each gets its timeout, its output
+# and exit status are posted the same way), then post the final OK. If gathering or a chosen script fails, its
+# output and exit status are posted and the runner stops: the region then fails commissioning naming the script
+# and its status.
 # With the argument "inventory": print the inventory as JSON (the region's HardwareInventory) and post nothing.
 #
 # Where to post, and as whom: the kernel parameters metalbus.metadata_url, metalbus.consumer_key,
@@ -16,8 +18,8 @@
 # carries Debian's), for at most metalbus.lldp_wait_s seconds (METALBUS_LLDP_WAIT_S wins; default 31: switches
 # send every 30 s) — each capture ends at its first frame. METALBUS_LLDP_CAPTURE names another capture command
 # (tests use a fake); without one, the inventory has no neighbours.
-# POSIX sh (dash, busybox ash) with sed, awk, grep, tr, head, mktemp, and curl or wget (busybox wget is enough:
-# no -T, which segfaults in busybox 1.35 inside the guest).
+# POSIX sh (dash, busybox ash) with sed, awk, grep, tr, head, mktemp, base64, timeout, and curl or wget (busybox
+# wget is enough: no -T, which segfaults in busybox 1.35 inside the guest).
 set -u
 
 PROC=${METALBUS_PROC:-/proc}
@@ -266,6 +268,28 @@ signal() {  # status [script name, exit status, runtime seconds, stdout file, st
     http_post "$body"
 }
 
+# -- the scripts the operator chose for this commissioning (the region renders them in) -------------------------
+
+user_scripts() {  # one line per chosen script: its name, its timeout in seconds, its content in base64
+    : # metalbus: the chosen scripts go here
+}
+
+run_user_scripts() {  # each in turn, its result posted; the first that fails ends the run with its status
+    user_scripts >"$WORK/chosen"
+    while read -r name timeout_s encoded; do
+        [ -n "$name" ] || continue
+        path="$WORK/script-$name"
+        printf '%s' "$encoded" | base64 -d >"$path" && chmod 0755 "$path" || {
+            echo "metalbus: cannot unpack script $name" >&2; return 2; }
+        started=$(date +%s)
+        timeout "$timeout_s" "$path" </dev/null >"$WORK/$name.out" 2>"$WORK/$name.err"
+        status=$?
+        signal WORKING "$name" "$status" "$(($(date +%s) - started))" "$WORK/$name.out" "$WORK/$name.err" \
+            </dev/null || return 3
+        [ "$status" -eq 0 ] || return "$status"  # the region has failed commissioning with this result
+    done <"$WORK/chosen"
+}
+
 commission() {
     METADATA_URL=$(setting METALBUS_METADATA_URL metadata_url) || return 2
     CONSUMER_KEY=$(setting METALBUS_CONSUMER_KEY consumer_key) || return 2
@@ -282,6 +306,7 @@ commission() {
     signal WORKING "$INVENTORY_SCRIPT" "$status" "$runtime" \
         "$WORK/$INVENTORY_SCRIPT.out" "$WORK/$INVENTORY_SCRIPT.err" || return 3
     [ "$status" -eq 0 ] || return "$status"  # the region has failed commissioning with this result
+    run_user_scripts || return $?
     signal OK || return 3
 }
 

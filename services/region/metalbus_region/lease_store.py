@@ -5,8 +5,9 @@ An address has at most one holder (a row in state offered, bound or declined): t
 ``ON CONFLICT DO NOTHING`` and report a lost race as "no row" for the caller to try the next address.
 """
 
+from collections.abc import Iterable
 from datetime import datetime
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import asyncpg
 
@@ -385,3 +386,20 @@ async def bind_held(conn: DbConnection, bindings: list[Lease], now: datetime) ->
         now,
     )
     return [lease_from_row(row) for row in rows]
+
+
+async def machines_by_address(
+    conn: DbConnection, addresses: Iterable[IPv4Address | IPv6Address]
+) -> dict[IPv4Address | IPv6Address, str]:
+    """The machine behind each address: a bound, unexpired lease of that IP whose MAC is a machine's boot MAC
+    (the address a syslog line came from, a boot file went to)."""
+    rows = await conn.fetch(
+        """
+        SELECT DISTINCT ON (l.ip) l.ip, m.system_id
+          FROM leases l JOIN machines m ON m.boot_mac = l.mac
+         WHERE l.ip = ANY($1::inet[]) AND l.state = 'bound' AND l.expires_at > now()
+         ORDER BY l.ip, l.updated_at DESC
+        """,
+        [str(address) for address in set(addresses)],
+    )
+    return {row["ip"]: row["system_id"] for row in rows}

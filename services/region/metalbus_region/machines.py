@@ -200,7 +200,11 @@ async def _apply_action(conn: DbConnection, request: MachineActionRequest) -> Ma
     """The database half of an action, inside the idempotency transaction."""
     if request.action is MachineAction.COMMISSION:
         return await begin_commissioning(
-            conn, request.system_id, timeout_s=request.commissioning_timeout_s, reason=request.reason
+            conn,
+            request.system_id,
+            timeout_s=request.commissioning_timeout_s,
+            reason=request.reason,
+            scripts=request.scripts,
         )
     if request.action is MachineAction.ABORT:
         return await begin_abort(conn, request.system_id, reason=request.reason)

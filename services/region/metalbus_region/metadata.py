@@ -22,6 +22,7 @@ A status report (cloud-init's MAAS reporter, ``status/<system_id>``) for the tok
 event on ``events.cloud-init.<system_id>`` and changes nothing else; for another machine it is Forbidden.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -33,6 +34,7 @@ from metalbus.contracts.metadata import (
     INVENTORY_RESULT_NAME,
     MetadataItem,
     MetadataRead,
+    MetadataReadEvent,
     MetadataSignal,
     MetadataStatusReport,
     MetadataValue,
@@ -41,12 +43,14 @@ from metalbus.contracts.metadata import (
     StatusReportAck,
     StatusReportEvent,
 )
+from metalbus.contracts.scripts import CommissioningScript
 from metalbus.db.pool import DbConnection
-from metalbus.subjects import EVENT_CLOUD_INIT, METADATA_READ, METADATA_SIGNAL, METADATA_STATUS
+from metalbus.subjects import EVENT_CLOUD_INIT, EVENT_METADATA_READ, METADATA_READ, METADATA_SIGNAL, METADATA_STATUS
 from metalbus_region import results_store
 from metalbus_region.context import RegionContext, Route
 from metalbus_region.machine_store import leave_commissioning
 from metalbus_region.outbox import record_event
+from metalbus_region.scripts import chosen_scripts, render_user_scripts
 from metalbus_region.tokens import machine_for_token
 from metalbus_region.transitions import apply_action
 
@@ -85,11 +89,22 @@ class MetadataArea:
         self.outbox = ctx.outbox
 
     async def read(self, request: MetadataRead) -> MetadataValue:
-        async with self.database.connection() as conn:
+        """The item's content for the token's machine; the read itself is recorded as an event."""
+        async with self.database.connection() as conn, conn.transaction():
             system_id = await machine_for_token(conn, request.credentials)
             row = await conn.fetchrow("SELECT hostname, status FROM machines WHERE system_id = $1", system_id)
-        assert row is not None  # tokens are deleted with their machine
-        content = item_content(request.item, system_id, row["hostname"], MachineStatus(row["status"]))
+            assert row is not None  # tokens are deleted with their machine
+            scripts = await chosen_scripts(conn, system_id) if request.item is MetadataItem.USER_DATA else []
+            await record_event(
+                conn,
+                EVENT_METADATA_READ,
+                lambda sequence, at: MetadataReadEvent(
+                    sequence=sequence, system_id=system_id, item=request.item, at=at
+                ),
+                system_id=system_id,
+            )
+        self.outbox.wake()
+        content = item_content(request.item, system_id, row["hostname"], MachineStatus(row["status"]), scripts)
         return MetadataValue(system_id=system_id, item=request.item, content=content)
 
     async def signal(self, signal: MetadataSignal) -> SignalAck:
@@ -130,7 +145,13 @@ def status_report_event(report: MetadataStatusReport, sequence: int, at: datetim
     )
 
 
-def item_content(item: MetadataItem, system_id: str, hostname: str, status: MachineStatus) -> str:
+def item_content(
+    item: MetadataItem,
+    system_id: str,
+    hostname: str,
+    status: MachineStatus,
+    scripts: Sequence[CommissioningScript] = (),
+) -> str:
     if item is MetadataItem.INSTANCE_ID:
         return system_id
     if item is MetadataItem.LOCAL_HOSTNAME:
@@ -140,7 +161,7 @@ def item_content(item: MetadataItem, system_id: str, hostname: str, status: Mach
     if item is MetadataItem.VENDOR_DATA:
         return VENDOR_DATA
     if status is MachineStatus.COMMISSIONING:
-        return commissioning_script()
+        return render_user_scripts(commissioning_script(), scripts)
     raise NotFound(f"no user-data for machine {system_id}: it is {status.value}, not commissioning")
 
 

@@ -18,6 +18,7 @@ from metalbus.db.pool import DbConnection
 from metalbus.subjects import EVENT_SYSLOG, SYSLOG_INTAKE
 from metalbus_region.context import RegionContext, Route
 from metalbus_region.idempotency import apply_once
+from metalbus_region.lease_store import machines_by_address
 from metalbus_region.outbox import record_events
 
 LINES_KEPT_PER_MACHINE = 20_000
@@ -56,27 +57,13 @@ class SyslogIntake:
 
 
 async def store_batch(conn: DbConnection, batch: SyslogBatch) -> SyslogAck:
-    owners = await machines_by_source(conn, {message.source_ip for message in batch.messages})
+    owners = await machines_by_address(conn, {message.source_ip for message in batch.messages})
     stored = await insert_lines(conn, batch, owners)
     await record_summaries(conn, batch.rack_id, stored)
     if crosses_trim_mark(stored):
         for system_id in {line.system_id for line in stored}:
             await trim_lines(conn, system_id, LINES_KEPT_PER_MACHINE)
     return SyslogAck(stored=len(stored), attributed=sum(1 for line in stored if line.system_id is not None))
-
-
-async def machines_by_source(conn: DbConnection, sources: set[IpAddress]) -> dict[IpAddress, str]:
-    """The machine behind each source address: a bound, unexpired lease of that IP whose MAC is a boot MAC."""
-    rows = await conn.fetch(
-        """
-        SELECT DISTINCT ON (l.ip) l.ip, m.system_id
-          FROM leases l JOIN machines m ON m.boot_mac = l.mac
-         WHERE l.ip = ANY($1::inet[]) AND l.state = 'bound' AND l.expires_at > now()
-         ORDER BY l.ip, l.updated_at DESC
-        """,
-        [str(source) for source in sources],
-    )
-    return {row["ip"]: row["system_id"] for row in rows}
 
 
 async def insert_lines(conn: DbConnection, batch: SyslogBatch, owners: dict[IpAddress, str]) -> list[StoredLine]:
