@@ -107,7 +107,7 @@ def route_table(app: FastAPI) -> list[tuple[str, set[str]]]:
 
 def protected_routes(app: FastAPI) -> list[tuple[str, str]]:
     """(method, path with sample parameters) of every route but the public ones."""
-    samples = {"{system_id}": "x7kq2m", "{subnet_id}": "1"}
+    samples = {"{system_id}": "x7kq2m", "{subnet_id}": "1", "{name}": "smart-health"}
     routes = []
     for path, methods in route_table(app):
         if path in PUBLIC_PATHS:
@@ -130,7 +130,7 @@ async def test_every_route_but_health_and_the_docs_refuses_a_missing_malformed_o
 ) -> None:
     async with api_stack(nats_server, database_dsn) as stack:
         routes = protected_routes(stack.app)
-        assert len(routes) == 22
+        assert len(routes) == 25
         transport = httpx.ASGITransport(app=stack.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as anonymous:
             for method, path in routes:
