@@ -11,8 +11,10 @@ with_test=0
 # `metalbus demo` boots: the commissioning environment (kernel, busybox) and the lab (qemu, iPXE ROMs, OVMF, BMCs).
 debian_packages=(postgresql ca-certificates iproute2 curl pxelinux syslinux-common grub-efi-amd64-bin
   grub-common shim-signed ipxe linux-image-amd64 busybox-static tcpdump qemu-system-x86 ipxe-qemu ovmf openipmi ipmitool)
-# What the tests talk to besides: real DHCP/TFTP/DNS clients, packet loss, cloud-init's datasource, a Debian repo.
-test_packages=(isc-dhcp-client udhcpc isc-dhcp-relay tftp-hpa atftp nftables cloud-init dpkg-dev bind9-dnsutils)
+# What the tests talk to besides: real DHCP/TFTP/DNS clients, packet loss, cloud-init's datasource, a Debian repo,
+# and an upstream resolver for the rack's DNS forwarding (dnsmasq-base: the binary without a system service).
+test_packages=(isc-dhcp-client udhcpc isc-dhcp-relay tftp-hpa atftp nftables cloud-init dpkg-dev bind9-dnsutils
+  dnsmasq-base)
 python=${PYTHON:-python3}
 
 [ "$with_test" = 1 ] && debian_packages+=("${test_packages[@]}")
