@@ -9,10 +9,13 @@ from pydantic import AfterValidator, Field, WithJsonSchema
 T = TypeVar("T")
 
 _MAC = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+_CANONICAL_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 
 
 def normalise_mac(value: str) -> str:
     """``AA-BB-CC-DD-EE-FF`` / ``aabbccddeeff`` / ``aa:bb:…`` → ``aa:bb:cc:dd:ee:ff``."""
+    if _CANONICAL_MAC.fullmatch(value):
+        return value  # already canonical, as every MAC metalbus itself writes: one regex call, no rebuilding
     lowered = value.strip().lower()
     if not _MAC.match(lowered):
         raise ValueError(f"not a MAC address: {value!r}")
