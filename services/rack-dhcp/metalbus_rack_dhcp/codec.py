@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from uuid import UUID
 
-from metalbus_rack_dhcp.messages import BOOTREPLY, BOOTREQUEST, HTYPE_ETHERNET, MAGIC_COOKIE, DhcpMessage, Option
+from metalbus_rack_dhcp.messages import (
+    BOOTREPLY,
+    BOOTREQUEST,
+    HTYPE_ETHERNET,
+    MAGIC_COOKIE,
+    UNSPECIFIED,
+    DhcpMessage,
+    Option,
+)
 
 HEADER_SIZE = 240  # fixed BOOTP header (236 bytes) and the magic cookie
 SNAME_SIZE = 64
@@ -30,6 +38,9 @@ REMOTE_ID = 2
 
 _HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s4s")
 _OVERFLOW_SIZES = {OVERLOAD_FILE: FILE_SIZE, OVERLOAD_SNAME: SNAME_SIZE}
+_PAD = int(Option.PAD)  # plain ints: an IntEnum comparison costs a Python call, and these run per option
+_END = int(Option.END)
+_ZERO_ADDRESS = bytes(4)
 
 DECODE_REASONS = frozenset(
     {
@@ -128,26 +139,39 @@ def decode_message(data: bytes) -> DhcpMessage:
         hops=hops,
         secs=secs,
         flags=flags,
-        ciaddr=IPv4Address(ciaddr),
-        yiaddr=IPv4Address(yiaddr),
-        siaddr=IPv4Address(siaddr),
-        giaddr=IPv4Address(giaddr),
+        ciaddr=_address(ciaddr),
+        yiaddr=_address(yiaddr),
+        siaddr=_address(siaddr),
+        giaddr=_address(giaddr),
         sname=sname.rstrip(b"\x00"),
         file=file.rstrip(b"\x00"),
         options=tuple(options.items()),
     )
 
 
+def _address(packed: bytes) -> IPv4Address:
+    """A header address; 0.0.0.0, which most fields of most requests hold, is one shared object."""
+    return UNSPECIFIED if packed == _ZERO_ADDRESS else IPv4Address(packed)
+
+
 def _read_option_area(area: bytes, *, end_required: bool) -> list[tuple[int, bytes]]:
-    cursor = _Cursor(area, "option overruns packet")
+    """Code, length, payload triples up to END; indexes the bytes directly (it runs once per packet)."""
     found: list[tuple[int, bytes]] = []
-    while not cursor.at_end():
-        code = cursor.pull_u8()
-        if code == Option.PAD:
+    position, size = 0, len(area)
+    while position < size:
+        code = area[position]
+        if code == _PAD:
+            position += 1
             continue
-        if code == Option.END:
+        if code == _END:
             return found
-        found.append((code, cursor.pull_bytes(cursor.pull_u8())))
+        if position + 1 >= size:
+            raise DhcpDecodeError("option overruns packet")
+        end = position + 2 + area[position + 1]
+        if end > size:
+            raise DhcpDecodeError("option overruns packet")
+        found.append((code, area[position + 2 : end]))
+        position = end
     if end_required:
         raise DhcpDecodeError("no end option")
     return found
@@ -211,17 +235,17 @@ def encode_message(message: DhcpMessage, *, max_size: int = DEFAULT_MAX_MESSAGE_
 
 
 def _option_chunks(code: int, payload: bytes) -> list[bytes]:
-    if not Option.PAD < code < Option.END or code == Option.OVERLOAD:
+    if not _PAD < code < _END or code == _OVERLOAD:
         raise DhcpEncodeError(f"option code {code} cannot be set (pad, end and overload belong to the codec)")
-    if not payload:
-        return [bytes((code, 0))]
+    if len(payload) <= 255:  # nearly every option: one chunk, no generator
+        return [bytes((code, len(payload))) + payload]
     pieces = (payload[start : start + 255] for start in range(0, len(payload), 255))
     return [bytes((code, len(piece))) + piece for piece in pieces]
 
 
 def _place_options(chunks: list[bytes], main_space: int, free_fields: list[int]) -> tuple[bytes, dict[int, bytes]]:
     """Lay options out in the options field, spilling into the free fields in order; return (main, {field: bytes})."""
-    end = bytes((Option.END,))
+    end = bytes((_END,))
     if sum(map(len, chunks)) + 1 <= main_space:
         return b"".join(chunks) + end, {}
     areas: list[list[bytes]] = [[] for _ in range(len(free_fields) + 1)]
