@@ -1,11 +1,14 @@
 """A whole fleet run against a region: create and commission the machines, power them on, then check what the
 region recorded (every machine's status, its stored inventory against what it reported).
 
-The library entry point of ``metalbus fleet`` (and of the benchmarks to come): the caller brings the bus and the
-fleet's network, and gets back the run and the region's view of it.
+Two ways to power on: the fleet presses the buttons itself (power type manual, ``commission_fleet``), or the
+machines have simulated Redfish BMCs and the region powers them on through a rack's rack-power, as it would real
+ones (``commission_fleet_through_bmcs``). The library entry point of ``metalbus fleet`` and ``bench/fleet.py``:
+the caller brings the bus and the fleet's network, and gets back the run and the region's view of it.
 """
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -13,7 +16,13 @@ from metalbus.bus import Bus
 from metalbus.contracts.errors import MetalbusError
 from metalbus.contracts.machines import Machine, MachineStatus
 from metalbus.contracts.metadata import HardwareInventory
-from metalbus.fleet.enrolment import commission_machines, create_machines, machine_states, stored_inventories
+from metalbus.fleet.bmc import SimulatedBmcs, system_key
+from metalbus.fleet.enrolment import (
+    commission_machines,
+    create_machines,
+    machine_states,
+    stored_inventories,
+)
 from metalbus.fleet.machine import MachineOptions, MachineOutcome, MachineResult, VirtualMachine
 from metalbus.fleet.network import FleetNetwork
 from metalbus.fleet.profiles import MachineProfile
@@ -51,6 +60,34 @@ async def commission_fleet(
     await commission_machines(bus, created)
     machines = [VirtualMachine(profile, network, options) for profile in profiles]
     run = await run_fleet(machines, concurrency=concurrency, deadline_s=deadline_s, on_outcome=on_outcome)
+    return await region_view(bus, profiles, created, run)
+
+
+async def commission_fleet_through_bmcs(
+    bus: Bus, bmcs: SimulatedBmcs, profiles: Sequence[MachineProfile], *, deadline_s: float
+) -> CampaignResult:
+    """Create the machines with their simulated BMCs (``bmcs`` already serving), commission them all, and wait
+    until each has finished its network boot (or ``deadline_s`` from the first commission call)."""
+    created = await create_machines(bus, profiles, power_of=bmcs.machine_power)
+    started = time.monotonic()
+    await commission_machines(bus, created)
+    await bmcs.wait_until_every_machine_booted(max(deadline_s - (time.monotonic() - started), 0.0))
+    outcomes = [_last_boot(bmcs, profile) for profile in profiles]
+    return await region_view(bus, profiles, created, FleetRun(outcomes, time.monotonic() - started))
+
+
+def _last_boot(bmcs: SimulatedBmcs, profile: MachineProfile) -> MachineOutcome:
+    """The machine's latest network boot; a machine never powered on is stuck "off"."""
+    system = bmcs.systems[system_key(profile)]
+    if system.powered and system.machine is not None:
+        return system.machine.outcome  # still booting: stuck in its current step
+    return system.outcomes[-1] if system.outcomes else MachineOutcome(profile, MachineResult.STUCK, step="off")
+
+
+async def region_view(
+    bus: Bus, profiles: Sequence[MachineProfile], created: Sequence[Machine], run: FleetRun
+) -> CampaignResult:
+    """What the region recorded for the run's machines: statuses, and stored inventories against reported ones."""
     final = await _settled(bus, [machine.system_id for machine in created])
     by_mac = {profile.boot_mac: machine for profile, machine in zip(profiles, final, strict=True)}
     statuses = {mac: machine.status for mac, machine in by_mac.items()}

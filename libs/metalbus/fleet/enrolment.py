@@ -1,5 +1,5 @@
-"""The region's side of a fleet run, over NATS: create the machines (power type manual), commission them, and
-read back what the region recorded (status, inventory, leases).
+"""The region's side of a fleet run, over NATS: create the machines (power type manual, or the Redfish BMCs the
+fleet simulates), commission them, and read back what the region recorded (status, inventory, leases).
 
 Creation carries an idempotency key derived from the MAC, so a repeated run finds the machines it made before
 instead of failing on the MAC. Requests go out ``parallel`` at a time.
@@ -7,7 +7,8 @@ instead of failing on the MAC. Requests go out ``parallel`` at a time.
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from metalbus.bus import Bus
 from metalbus.contracts.leases import Lease, LeaseListQuery
@@ -38,13 +39,34 @@ async def bounded_map(work: Callable[[T], Awaitable[U]], items: Sequence[T], par
     return list(await asyncio.gather(*(one(item) for item in items)))
 
 
-async def create_machines(bus: Bus, profiles: Sequence[MachineProfile], parallel: int = 16) -> list[Machine]:
+@dataclass(frozen=True)
+class MachinePower:
+    """How the region powers a machine: its power type, parameters and secrets."""
+
+    power_type: PowerType = PowerType.MANUAL
+    parameters: dict[str, Any] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+def manual_power(_: MachineProfile) -> MachinePower:
+    return MachinePower()
+
+
+async def create_machines(
+    bus: Bus,
+    profiles: Sequence[MachineProfile],
+    parallel: int = 16,
+    power_of: Callable[[MachineProfile], MachinePower] = manual_power,
+) -> list[Machine]:
     async def create(profile: MachineProfile) -> Machine:
+        power = power_of(profile)
         request = MachineCreate(
             hostname=profile.hostname,
             architecture=profile.architecture,
             boot_mac=profile.boot_mac,
-            power_type=PowerType.MANUAL,
+            power_type=power.power_type,
+            power_parameters=power.parameters,
+            power_secrets=power.secrets,
             idempotency_key=f"fleet-create-{profile.boot_mac.replace(':', '')}",
         )
         return await bus.request(MACHINE_CREATE, request, timeout=REQUEST_TIMEOUT_S)

@@ -65,6 +65,8 @@ class MachineOptions:
     metadata_retry_scale: float = 1.0
     stay_on_s: float = 0.0
     """Seconds the machine stays on after its final signal (renewing its lease at T1) before it powers off."""
+    firmware_s: float = 0.0
+    """Seconds of power-on self test before the firmware's first DHCPDISCOVER (real servers take 10 s to minutes)."""
 
 
 @dataclass
@@ -108,6 +110,8 @@ class VirtualMachine:
         replies = self.network.transport.subscribe(mac)
         keeper: asyncio.Task[None] | None = None
         try:
+            self.outcome.step = "firmware"
+            await asyncio.sleep(self.options.firmware_s)
             lease = await self._timed("dhcp", self._lease(replies))
             keeper = asyncio.create_task(self._keep_lease(replies))
             await self._boot(lease)
