@@ -14,17 +14,20 @@ from ipaddress import IPv4Interface
 import pytest
 
 from metalbus.bus import Bus
+from metalbus.cli.fleet import FleetOptions
+from metalbus.cli.fleet import run as run_fleet_command
 from metalbus.contracts.machines import MachineAction, MachineActionRequest, MachineStatus
 from metalbus.contracts.racks import RackListQuery, RackServiceKind
 from metalbus.fleet.bmc import BmcCredentials, SimulatedBmcs, system_key
 from metalbus.fleet.campaign import commission_fleet_through_bmcs
 from metalbus.fleet.dhcp_client import RetransmitPolicy
 from metalbus.fleet.enrolment import MachinePower, commission_machines, create_machines, machine_states
-from metalbus.fleet.machine import MachineOptions, MachineResult
+from metalbus.fleet.machine import STEPS, MachineOptions, MachineResult
 from metalbus.fleet.netns import NetworkNamespace
 from metalbus.fleet.network import fleet_network
 from metalbus.fleet.profiles import MachineProfile, fleet_profiles
 from metalbus.fleet.report import render_table
+from metalbus.fleet.settings import FleetSettings
 from metalbus.subjects import MACHINE_ACTION, RACK_LIST
 from metalbus_rack_power.service import run_rack_power
 from metalbus_rack_power.settings import RackPowerSettings
@@ -141,3 +144,18 @@ async def test_a_bmc_refusing_the_credentials_fails_commissioning_and_boots_noth
         assert "refused the credentials" in (after[0].status_reason or "")
         assert bmcs.refused_requests >= 1
         assert bmcs.systems[system_key(profiles[0])].power_ons == 0
+
+
+async def test_the_fleet_command_with_a_bmc_address_has_the_region_power_its_machines(
+    nats_server: NatsServer, link: Link, rack_tftp_port: int, rack_power: None
+) -> None:
+    options = FleetOptions(
+        count=3, seed=SEED + 3, namespace=link.namespace, interface=link.client_interface, create_veth=False,
+        rack_interface=None, rack_address="", tftp_port=rack_tftp_port, syslog_port=None, concurrency=3,
+        deadline_s=60, dhcp_scale=0.25, bmc_address=IPv4Interface(f"{link.ip(3)}/24"),
+    )  # fmt: skip
+    result = await run_fleet_command(options, FleetSettings(nats_url=nats_server.url))
+
+    assert result.all_ready
+    assert result.statuses == {profile.boot_mac: MachineStatus.READY for profile in fleet_profiles(SEED + 3, 3)}
+    assert [outcome.timings.keys() for outcome in result.run.outcomes] == [{*STEPS}] * 3

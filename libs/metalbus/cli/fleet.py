@@ -3,7 +3,10 @@
 The machines live on an interface inside a network namespace (``--namespace``/``--interface``), or on a veth pair
 the command makes (``--create-veth``: the rack's end, with ``--rack-address``, stays in this namespace and must be
 one rack-dhcp serves). The region is reached over NATS (``METALBUS_FLEET_NATS_URL``, ``_NATS_USER``,
-``_NATS_PASSWORD`` or the ``[fleet]`` table of METALBUS_CONFIG). Prints each machine as it ends and a final table:
+``_NATS_PASSWORD`` or the ``[fleet]`` table of METALBUS_CONFIG). With ``--bmc-address`` every machine gets a
+simulated Redfish BMC there and the region powers them on through the rack whose rack-power reaches that address;
+without it the command presses the power buttons itself (power type manual). Prints each machine as it ends and a
+final table:
 READY / FAILED / stuck, per-step latency p50/p95, inventory mismatches. Exits 0 when every machine is READY with
 exactly the inventory it reported.
 """
@@ -11,20 +14,23 @@ exactly the inventory it reported.
 import asyncio
 import contextlib
 import dataclasses
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from ipaddress import IPv4Interface
 from typing import Annotated
 
 import typer
 
 from metalbus.bus import Bus
 from metalbus.contracts.errors import MetalbusError
-from metalbus.fleet.campaign import CampaignResult, commission_fleet
+from metalbus.fleet.bmc import BmcCredentials, SimulatedBmcs
+from metalbus.fleet.campaign import CampaignResult, commission_fleet, commission_fleet_through_bmcs
 from metalbus.fleet.dhcp_client import RetransmitPolicy
 from metalbus.fleet.machine import MachineOptions, MachineOutcome, MachineResult
 from metalbus.fleet.netns import NamespaceError, NetworkNamespace
-from metalbus.fleet.network import fleet_network
-from metalbus.fleet.profiles import fleet_profiles
+from metalbus.fleet.network import FleetNetwork, fleet_network
+from metalbus.fleet.profiles import MachineProfile, fleet_profiles
 from metalbus.fleet.report import render_table
 from metalbus.fleet.settings import FleetSettings
 from metalbus.fleet.veth import fleet_link
@@ -47,6 +53,8 @@ class FleetOptions:
     concurrency: int
     deadline_s: float
     dhcp_scale: float
+    bmc_address: IPv4Interface | None = None
+    firmware_s: float = 0.0
 
 
 def fleet(
@@ -62,13 +70,21 @@ def fleet(
     concurrency: Annotated[int, typer.Option(help="Machines booting at once.", min=1)] = 100,
     deadline: Annotated[float, typer.Option(help="Seconds before unfinished machines count as stuck.")] = 300,
     dhcp_scale: Annotated[float, typer.Option(help="Scale of firmware's DHCP waits (4 s, 8 s, …).", min=0.01)] = 1.0,
+    bmc_address: Annotated[
+        str | None, typer.Option(help="Serve simulated Redfish BMCs on this address/prefix; the region powers on.")
+    ] = None,
+    firmware_s: Annotated[float, typer.Option(help="Seconds of firmware self-test before DHCP.", min=0)] = 0.0,
 ) -> None:
     """Commission COUNT virtual machines through the rack services and the region; print the fleet table."""
     if not create_veth and interface is None:
         raise typer.BadParameter("give --interface (and --namespace), or --create-veth")
+    try:
+        bmc_interface = IPv4Interface(bmc_address) if bmc_address else None
+    except ValueError as error:
+        raise typer.BadParameter(f"--bmc-address: {error}") from None
     options = FleetOptions(
         count, seed, namespace, interface, create_veth, rack_interface, rack_address, tftp_port,
-        syslog_port or None, concurrency, deadline, dhcp_scale,
+        syslog_port or None, concurrency, deadline, dhcp_scale, bmc_interface, firmware_s,
     )  # fmt: skip
     try:
         result = asyncio.run(run(options, load_settings(FleetSettings)))
@@ -82,7 +98,9 @@ def fleet(
 
 async def run(options: FleetOptions, settings: FleetSettings) -> CampaignResult:
     profiles = fleet_profiles(options.seed, options.count)
-    machine_options = MachineOptions(dhcp_policy=RetransmitPolicy(scale=options.dhcp_scale))
+    machine_options = MachineOptions(
+        dhcp_policy=RetransmitPolicy(scale=options.dhcp_scale), firmware_s=options.firmware_s
+    )
     connect = dataclasses.replace(settings.connect_options("metalbus-fleet"), initial_connect_deadline_s=NATS_WAIT_S)
     bus = await Bus.connect(connect)
     try:
@@ -92,6 +110,8 @@ async def run(options: FleetOptions, settings: FleetSettings) -> CampaignResult:
                 namespace, interface, tftp_port=options.tftp_port, syslog_port=options.syslog_port
             ) as network,
         ):
+            if options.bmc_address is not None:
+                return await through_bmcs(bus, network, profiles, machine_options, options)
             return await commission_fleet(
                 bus,
                 network,
@@ -103,6 +123,24 @@ async def run(options: FleetOptions, settings: FleetSettings) -> CampaignResult:
             )
     finally:
         await bus.close()
+
+
+async def through_bmcs(
+    bus: Bus,
+    network: FleetNetwork,
+    profiles: list[MachineProfile],
+    machine_options: MachineOptions,
+    options: FleetOptions,
+) -> CampaignResult:
+    assert options.bmc_address is not None
+    credentials = BmcCredentials("admin", secrets.token_urlsafe(16))
+    bmcs = SimulatedBmcs(profiles, network, machine_options, credentials, on_outcome=ProgressPrinter(options.count))
+    await bmcs.start(options.bmc_address)
+    typer.echo(f"fleet: {len(profiles)} simulated Redfish BMCs on http://{bmcs.address}:{bmcs.port}")
+    try:
+        return await commission_fleet_through_bmcs(bus, bmcs, profiles, deadline_s=options.deadline_s)
+    finally:
+        await bmcs.close()
 
 
 @contextlib.asynccontextmanager
