@@ -69,6 +69,7 @@ async def _serve(
             counters=counters,
             max_in_flight=settings.max_in_flight,
             http_port=settings.http_port,
+            max_wait_s=settings.request_max_wait_s,
         )
     except (OSError, TimeoutError) as error:
         raise SystemExit(f"metalbus-rack-dhcp: cannot serve DHCP on {interface}: {error}") from None

@@ -3,6 +3,12 @@
 Bytes move between the socket and ``policy.decide`` through ``codec``; this module owns only transport matters:
 sockets, where a reply goes (RFC 2131 §4.1, ``reply_destination``), the bound on requests in flight, counters.
 
+A request that has waited longer than ``max_wait_s`` since it reached the host (the kernel's arrival stamp, see
+``interface_socket``) is dropped unanswered, counted as ``stale``: its client has given up on it or sent it
+again, and under overload answering the old copies first is what lets every answer come too late. It is checked
+as the datagram is read, when its turn to be decided comes, and while it is queued for a batch to the region
+(``request_batcher.answer_by``); once sent to the region it is answered.
+
 A reply to a client that has no address yet (no giaddr, no ciaddr, no broadcast flag) is unicast to yiaddr at
 chaddr. The kernel cannot ARP for an address nobody holds yet, so before sending the server installs a neighbour
 entry (``ip neigh replace <yiaddr> lladdr <chaddr> dev <if> nud stale``); when that fails (not root, no
@@ -20,6 +26,7 @@ import json
 import logging
 import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,9 +36,11 @@ from typing import cast
 import structlog
 
 from metalbus_rack_dhcp.codec import DhcpDecodeError, DhcpEncodeError, decode_message, encode_message, reply_size_limit
+from metalbus_rack_dhcp.interface_socket import InterfaceSocket
 from metalbus_rack_dhcp.lease_cache import answered_from_cache
 from metalbus_rack_dhcp.messages import UNSPECIFIED, DhcpMessage, MessageType, Option
 from metalbus_rack_dhcp.policy import HTTP_PORT, LeaseSource, RackView, Silence, SilenceReason, decide, mac_text
+from metalbus_rack_dhcp.request_batcher import StaleRequest, answer_by
 
 log = structlog.get_logger("metalbus.rack_dhcp")
 
@@ -41,6 +50,9 @@ BROADCAST = IPv4Address("255.255.255.255")
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 COMMAND_TIMEOUT_S = 2.0
 RECEIVE_BUFFER_BYTES = 1 << 20
+DEFAULT_MAX_WAIT_S = 0.5
+"""Half of the shortest wait of the clients we know (perfdhcp and iPXE retransmit after 1 s; RFC 2131's first
+retransmission comes after 4 s): the other half is left for the region's answer and the way back."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +83,8 @@ SOCKET_ERROR = "socket_error"
 ENCODE_ERROR = "encode_error"
 UNEXPECTED_ERROR = "unexpected_error"
 TRANSPORT_CLOSED = "transport_closed"
-DROP_REASONS = (OVERLOADED, SOCKET_ERROR, ENCODE_ERROR, UNEXPECTED_ERROR, TRANSPORT_CLOSED)
+STALE = "stale"
+DROP_REASONS = (OVERLOADED, STALE, SOCKET_ERROR, ENCODE_ERROR, UNEXPECTED_ERROR, TRANSPORT_CLOSED)
 """Why a datagram gets no answer besides a decode error (counted as ``DECODE_DROP_PREFIX`` + its reason)."""
 
 
@@ -152,7 +165,8 @@ def open_interface_socket(interface: str, port: int = SERVER_PORT) -> socket.soc
 
 
 class DhcpProtocol(asyncio.DatagramProtocol):
-    """One served interface: every datagram becomes a task (at most ``max_in_flight``) that answers it."""
+    """One served interface: every datagram becomes a task (at most ``max_in_flight``) that answers it, unless it
+    has waited more than ``max_wait_s`` (0: no limit) on ``clock`` since ``received_at``."""
 
     def __init__(
         self,
@@ -164,6 +178,8 @@ class DhcpProtocol(asyncio.DatagramProtocol):
         max_in_flight: int = 256,
         client_port: int = CLIENT_PORT,
         neighbour_setter: NeighbourSetter | None = set_neighbour,
+        max_wait_s: float = DEFAULT_MAX_WAIT_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.interface = interface
         self.rack = rack
@@ -172,6 +188,8 @@ class DhcpProtocol(asyncio.DatagramProtocol):
         self.max_in_flight = max_in_flight
         self.client_port = client_port
         self.neighbour_setter = neighbour_setter
+        self.max_wait_s = max_wait_s
+        self.clock = clock
         self.transport: asyncio.DatagramTransport | None = None
         self.in_flight: set[asyncio.Task[None]] = set()
         self._logged_unexpected = False
@@ -179,7 +197,12 @@ class DhcpProtocol(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)  # the selector loop's is not a subclass
 
-    def datagram_received(self, data: bytes, addr: tuple[str | int, int]) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[str | int, int], received_at: float | None = None) -> None:
+        """``received_at``: when the datagram reached the host, on ``clock``; None: now."""
+        if received_at is None:
+            received_at = self.clock()
+        elif self._stale(received_at):
+            return
         try:
             request = decode_message(data)
         except DhcpDecodeError as error:
@@ -194,7 +217,7 @@ class DhcpProtocol(asyncio.DatagramProtocol):
             return
         kind = request.message_type
         self.counters.received[kind.name if kind is not None else "UNKNOWN"] += 1
-        task = asyncio.get_running_loop().create_task(self.handle(request))
+        task = asyncio.get_running_loop().create_task(self.handle(request, received_at))
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
 
@@ -202,8 +225,19 @@ class DhcpProtocol(asyncio.DatagramProtocol):
         self.counters.dropped[SOCKET_ERROR] += 1
         log.debug("dhcp.socket_error", interface=self.interface, error=repr(exc))
 
-    async def handle(self, request: DhcpMessage) -> None:
-        """Decide and send; nothing raised here escapes (an unexpected error is counted and logged once)."""
+    def _stale(self, received_at: float) -> bool:
+        if self.max_wait_s and self.clock() - received_at > self.max_wait_s:
+            self.counters.dropped[STALE] += 1
+            return True
+        return False
+
+    async def handle(self, request: DhcpMessage, received_at: float | None = None) -> None:
+        """Decide and send; nothing raised here escapes (an unexpected error is counted and logged once).
+        A request that waited too long for its turn (``received_at``) is dropped as stale instead."""
+        if received_at is not None and self._stale(received_at):
+            return
+        if received_at is not None and self.max_wait_s:
+            answer_by(received_at + self.max_wait_s)
         try:
             decision = await decide(request, self.rack, self.leases)
             if isinstance(decision, Silence):
@@ -215,6 +249,8 @@ class DhcpProtocol(asyncio.DatagramProtocol):
             await self.send(request, decision)
         except asyncio.CancelledError:
             raise
+        except StaleRequest:
+            self.counters.dropped[STALE] += 1
         except DhcpEncodeError as error:
             self.counters.dropped[ENCODE_ERROR] += 1
             log.debug("dhcp.unencodable", interface=self.interface, error=str(error))
@@ -311,13 +347,16 @@ async def serve_interface(
     counters: ServerCounters | None = None,
     max_in_flight: int = 256,
     http_port: int = HTTP_PORT,
+    max_wait_s: float = DEFAULT_MAX_WAIT_S,
 ) -> DhcpProtocol:
     """Open ``interface``'s socket and start answering; the caller closes the returned protocol. ``http_port``
-    is the rack's HTTP boot port that boot URLs (iPXE, UEFI HTTP boot) name."""
+    is the rack's HTTP boot port that boot URLs (iPXE, UEFI HTTP boot) name; requests older than ``max_wait_s``
+    are dropped as stale."""
     link_address = address if address is not None else await interface_address(interface)
     rack = RackView(rack_id=rack_id, link_address=link_address, http_port=http_port)
-    protocol = DhcpProtocol(interface, rack, leases, counters=counters, max_in_flight=max_in_flight)
-    sock = open_interface_socket(interface, port)
-    await asyncio.get_running_loop().create_datagram_endpoint(lambda: protocol, sock=sock)
+    protocol = DhcpProtocol(
+        interface, rack, leases, counters=counters, max_in_flight=max_in_flight, max_wait_s=max_wait_s
+    )
+    InterfaceSocket(open_interface_socket(interface, port), protocol).start()
     log.info("dhcp.serving", interface=interface, address=str(link_address), port=port)
     return protocol

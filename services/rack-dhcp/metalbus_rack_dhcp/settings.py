@@ -24,6 +24,12 @@ class RackDhcpSettings(RackServiceSettings):
         le=65536,
         description="Requests answered at once per interface; more are dropped (counted as overloaded).",
     )
+    request_max_wait_s: float = Field(
+        default=0.5,
+        ge=0,
+        le=60,
+        description="A request that waited longer since it reached the host is dropped as stale; 0: no limit.",
+    )
     http_port: int = Field(
         default=RACK_HTTP_PORT, ge=1, le=65535, description="The rack's HTTP boot port, named in boot URLs."
     )

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from metalbus.contracts.errors import Conflict, Unavailable
-from metalbus_rack_dhcp.request_batcher import RequestBatcher
+from metalbus_rack_dhcp.request_batcher import RequestBatcher, StaleRequest, answer_by
 
 
 class Recorder:
@@ -108,3 +108,44 @@ async def test_a_caller_that_gives_up_does_not_disturb_the_others() -> None:
 def test_limits_below_one_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         RequestBatcher(Recorder().send, max_batch=0, max_in_flight=1)
+
+
+async def test_a_call_still_queued_after_its_callers_deadline_is_never_sent() -> None:
+    now = [10.0]
+    recorder = Recorder(delay_s=0.05)
+    batcher = RequestBatcher(recorder.send, max_batch=10, max_in_flight=1, clock=lambda: now[0])
+
+    async def call(n: int, deadline: float | None) -> int:
+        answer_by(deadline)
+        return await batcher.submit(n)
+
+    first = asyncio.ensure_future(call(1, 10.5))
+    await asyncio.sleep(0.01)  # the first batch is on its way: the next calls queue behind it
+    queued = [
+        asyncio.ensure_future(call(2, 10.5)),
+        asyncio.ensure_future(call(3, None)),
+        asyncio.ensure_future(call(4, 11.0)),
+    ]
+    await asyncio.sleep(0)
+    now[0] = 10.6  # the first batch came back late: call 2's caller no longer waits for an answer
+
+    answers = await asyncio.gather(first, *queued, return_exceptions=True)
+
+    assert answers[0] == 10 and isinstance(answers[1], StaleRequest) and answers[2:] == [30, 40]
+    assert recorder.batches == [[1], [3, 4]]
+    assert batcher.stale == 1
+
+
+async def test_a_call_already_sent_is_answered_even_after_its_deadline() -> None:
+    now = [10.0]
+    recorder = Recorder(delay_s=0.02)
+    batcher = RequestBatcher(recorder.send, max_batch=10, max_in_flight=1, clock=lambda: now[0])
+
+    async def call() -> int:
+        answer_by(10.1)
+        submitted = asyncio.ensure_future(batcher.submit(5))
+        await asyncio.sleep(0.005)
+        now[0] = 11.0
+        return await submitted
+
+    assert await call() == 50

@@ -21,6 +21,7 @@ from metalbus.contracts.leases import (
 from metalbus_rack_dhcp.codec import decode_message, encode_message
 from metalbus_rack_dhcp.messages import BOOTREPLY, BOOTREQUEST, FLAG_BROADCAST, UNSPECIFIED, DhcpMessage, MessageType
 from metalbus_rack_dhcp.policy import RackView
+from metalbus_rack_dhcp.request_batcher import StaleRequest
 from metalbus_rack_dhcp.server import BROADCAST, Destination, DhcpProtocol, reply_destination
 
 RACK = RackView(rack_id="rack-1", link_address=IPv4Address("10.20.0.2"))
@@ -257,3 +258,65 @@ async def test_close_cancels_requests_in_flight_and_sends_nothing_more() -> None
 
     assert (transport.closed, protocol.in_flight, transport.sent) == (True, set(), [])
     assert leases.offers == 1
+
+
+@dataclass
+class FakeClock:
+    now: float = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def protocol_on_clock(leases: FakeLeaseSource, clock: FakeClock) -> tuple[DhcpProtocol, FakeTransport]:
+    protocol = DhcpProtocol("eth0", RACK, leases, neighbour_setter=None, max_wait_s=0.5, clock=clock)
+    transport = FakeTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport
+
+
+async def test_a_request_that_waited_longer_than_max_wait_before_it_was_read_is_dropped_as_stale() -> None:
+    clock, leases = FakeClock(), FakeLeaseSource()
+    protocol, transport = protocol_on_clock(leases, clock)
+
+    protocol.datagram_received(DISCOVER, ("0.0.0.0", 68), received_at=clock.now - 0.6)
+    protocol.datagram_received(DISCOVER, ("0.0.0.0", 68), received_at=clock.now - 0.4)
+    await settle(protocol)
+
+    assert protocol.counters.dropped == {"stale": 1}
+    assert (protocol.counters.received, protocol.counters.replied) == ({"DISCOVER": 1}, {"OFFER": 1})
+    assert (leases.offers, len(transport.sent)) == (1, 1)
+
+
+async def test_a_request_that_went_stale_waiting_for_its_turn_never_reaches_the_region() -> None:
+    clock, leases = FakeClock(), FakeLeaseSource()
+    protocol, transport = protocol_on_clock(leases, clock)
+
+    protocol.datagram_received(DISCOVER, ("0.0.0.0", 68), received_at=clock.now)
+    clock.now += 0.51  # the loop was busy: the task starts late
+    await settle(protocol)
+
+    assert protocol.counters.dropped == {"stale": 1}
+    assert (leases.offers, transport.sent) == (0, [])
+
+
+async def test_without_a_max_wait_nothing_is_stale() -> None:
+    clock, leases = FakeClock(), FakeLeaseSource()
+    protocol, transport = protocol_on_clock(leases, clock)
+    protocol.max_wait_s = 0
+
+    protocol.datagram_received(DISCOVER, ("0.0.0.0", 68), received_at=clock.now - 60)
+    await settle(protocol)
+
+    assert protocol.counters.dropped == {}
+    assert len(transport.sent) == 1
+
+
+async def test_a_request_the_batcher_shed_as_stale_is_counted_as_stale() -> None:
+    clock = FakeClock()
+    protocol, transport = protocol_on_clock(FakeLeaseSource(error=StaleRequest()), clock)
+
+    protocol.datagram_received(DISCOVER, ("0.0.0.0", 68), received_at=clock.now)
+    await settle(protocol)
+
+    assert (protocol.counters.dropped, protocol.counters.silent, transport.sent) == ({"stale": 1}, {}, [])
