@@ -1,0 +1,333 @@
+"""Benchmark: N virtual machines commissioned NEW -> READY at once through the whole stack (issue 11, the scale figure).
+
+Its one job: for each N, start the embedded stack (`metalbus up`'s code: nats-server, PostgreSQL, two region
+replicas, the api, one rack's four services with rack-dhcp on port 67 of a veth), make N fleet machines with
+simulated Redfish BMCs in a network namespace on the other end, create them through the REST API, send every
+commission call at once (64 in flight), and measure until the API reports all READY: the region powers each on
+through rack-power, each DHCPs (option 93, real frames from its own MAC, firmware-like retransmits), fetches its
+loader and config over TFTP, kernel and initrd over HTTP, reads its metadata and posts its inventory through the
+rack. Then it checks every stored inventory against what the machine reported and that no address was leased to
+two machines, and prints per-step latency percentiles, the commission calls' latency, the rows in PostgreSQL and
+the CPU seconds and peak RSS of each component (and of the fleet, this process).
+
+    .venv/bin/python bench/fleet.py --quick          # N = 100 (under a minute)
+    .venv/bin/python bench/fleet.py                  # N = 100, 500, 1000
+    .venv/bin/python bench/fleet.py --counts 2000    # any sizes
+
+Needs root (namespace, veth, DHCP port 67 on the veth only). Everything runs in a private state directory under
+/tmp with free ports, a subnet 10.<200-249>.0.0/21 (2,000 addresses) and a namespace of its own, removed however
+the run ends. The last line is ``1000 machines NEW -> READY: <s> s (goal < 60 s) meets`` (or ``short``; with
+--quick the largest N run).
+"""
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+from fleet_measure import Usage, duplicate_leases, sampled_usage, table_rows
+from metalbus.cli.demo import IMAGE_DIR, DemoError, api_key, call, register_boot_resources
+from metalbus.contracts.metadata import HardwareInventory
+from metalbus.fleet.bmc import BmcCredentials, SimulatedBmcs, system_key
+from metalbus.fleet.dhcp_client import RetransmitPolicy
+from metalbus.fleet.machine import MachineOptions, MachineOutcome, MachineResult
+from metalbus.fleet.netns import NetworkNamespace
+from metalbus.fleet.network import fleet_network
+from metalbus.fleet.profiles import MachineProfile, fleet_profiles
+from metalbus.fleet.report import inventory_mismatches, percentile, render_table
+from metalbus.fleet.veth import fleet_link
+from metalbus.stack.config import StackLayout, StackSettings
+from metalbus.stack.launcher import StackError, bring_down, bring_up
+
+GOAL_S = 60.0
+GOAL_COUNT = 1000
+DEADLINE_S = 300.0
+COMMISSION_IN_FLIGHT = 64
+CREATE_IN_FLIGHT = 16
+POLL_S = 0.25
+KERNEL_BYTES, INITRD_BYTES = 256 * 1024, 1024 * 1024
+STACK_PORTS = (
+    "NATS_PORT", "NATS_MONITOR_PORT", "POSTGRES_PORT", "API_PORT", "TFTP_PORT", "RACK_HTTP_PORT",
+    "APT_PROXY_PORT", "DNS_PORT", "SYSLOG_PORT",
+)  # fmt: skip
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+@dataclass
+class RunFigures:
+    count: int
+    ready_after_s: float | None = None
+    ready: int = 0
+    failed: int = 0
+    outcomes: list[MachineOutcome] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+    duplicates: int = -1
+    commission_call_s: list[float] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    error: str | None = None
+
+    @property
+    def clean(self) -> bool:
+        everything = self.ready == self.count and not self.mismatches and self.duplicates == 0
+        return everything and self.ready_after_s is not None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def write_boot_files(layout: StackLayout) -> None:
+    """Loaders, kernel and initrd that are only bytes: the fleet fetches them, nothing runs them."""
+    images = layout.boot_root / IMAGE_DIR
+    images.mkdir(parents=True, exist_ok=True)
+    (layout.boot_root / "lpxelinux.0").write_bytes(os.urandom(40 * 1024))
+    (layout.boot_root / "bootx64.efi").write_bytes(os.urandom(60 * 1024))
+    (images / "vmlinuz").write_bytes(os.urandom(KERNEL_BYTES))
+    (images / "initrd.img").write_bytes(os.urandom(INITRD_BYTES))
+
+
+async def bounded(work: Callable[[T], Awaitable[U]], items: Sequence[T], parallel: int) -> list[U]:
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(item: T) -> U:
+        async with gate:
+            return await work(item)
+
+    return list(await asyncio.gather(*(one(item) for item in items)))
+
+
+async def serve_subnet(client: httpx.AsyncClient, subnet: IPv4Network) -> None:
+    hosts = list(subnet.hosts())
+    body = {
+        "cidr": str(subnet), "gateway": str(hosts[0]), "dns_servers": [str(hosts[1])],
+        "dynamic_start": str(hosts[9]), "dynamic_end": str(hosts[-2]), "lease_time_s": 3600,
+    }  # fmt: skip
+    await call(client, "POST", "/subnets", body)
+
+
+async def create_machines(client: httpx.AsyncClient, bmcs: SimulatedBmcs, profiles: list[MachineProfile]) -> list[str]:
+    async def create(profile: MachineProfile) -> str:
+        power = bmcs.machine_power(profile)
+        body = {
+            "hostname": profile.hostname, "architecture": profile.architecture.value, "boot_mac": profile.boot_mac,
+            "power_type": power.power_type.value, "power_parameters": power.parameters,
+            "power_secrets": power.secrets,
+        }  # fmt: skip
+        return str((await call(client, "POST", "/machines", body))["system_id"])
+
+    return await bounded(create, profiles, CREATE_IN_FLIGHT)
+
+
+async def count_with_status(client: httpx.AsyncClient, status: str) -> int:
+    return int((await call(client, "GET", f"/machines?status={status}&limit=1"))["total"])
+
+
+async def commission_and_wait(
+    client: httpx.AsyncClient, system_ids: list[str], figures: RunFigures
+) -> tuple[float, float | None]:
+    """Every commission call at once; returns when they started and how long until the API said all READY."""
+    started = time.monotonic()
+
+    async def commission(system_id: str) -> None:
+        sent = time.monotonic()
+        await call(client, "POST", f"/machines/{system_id}/commission", {})
+        figures.commission_call_s.append(time.monotonic() - sent)
+
+    calls = asyncio.create_task(bounded(commission, system_ids, COMMISSION_IN_FLIGHT))
+    while time.monotonic() - started < DEADLINE_S:
+        await asyncio.sleep(POLL_S)
+        figures.ready = await count_with_status(client, "ready")
+        figures.failed = await count_with_status(client, "failed_commissioning")
+        if figures.ready + figures.failed >= len(system_ids):
+            break
+    await calls
+    settled = time.monotonic() - started
+    return started, settled if figures.ready == len(system_ids) else None
+
+
+async def check_inventories(
+    client: httpx.AsyncClient, profiles: list[MachineProfile], system_ids: list[str], bmcs: SimulatedBmcs
+) -> list[str]:
+    async def stored(system_id: str) -> HardwareInventory | None:
+        answer = await call(client, "GET", f"/machines/{system_id}/inventory", ok=(404,))
+        return HardwareInventory.model_validate(answer) if answer and "cpu_count" in answer else None
+
+    inventories = await bounded(stored, system_ids, CREATE_IN_FLIGHT)
+    reported = {}
+    for profile in profiles:
+        outcomes = bmcs.systems[system_key(profile)].outcomes
+        if outcomes and outcomes[-1].reported is not None:
+            reported[profile.boot_mac] = outcomes[-1].reported
+    stored_by_mac = {p.boot_mac: inv for p, inv in zip(profiles, inventories, strict=True) if inv is not None}
+    missing = [p.boot_mac for p in profiles if p.boot_mac not in reported]
+    return sorted(set(inventory_mismatches(reported, stored_by_mac)) | set(missing))
+
+
+async def one_run(count: int, seed: int, root: Path) -> RunFigures:
+    figures = RunFigures(count)
+    state_dir = root / f"state-{count}"
+    layout = StackLayout(state_dir)
+    write_boot_files(layout)
+    subnet = IPv4Network(f"10.{200 + secrets.randbelow(50)}.0.0/21")
+    hosts = list(subnet.hosts())
+    profiles = fleet_profiles(seed, count)
+    async with fleet_link(None, f"{hosts[1]}/{subnet.prefixlen}") as link:
+        settings = StackSettings(
+            state_dir=state_dir, dhcp_port=67, dhcp_interfaces=[link.rack_interface], region_replicas=2
+        )
+        try:
+            seconds = await bring_up(settings)
+            print(f"  stack up in {seconds:.1f} s; machines on {link.machine_interface} ({subnet})", flush=True)
+            await measure(figures, settings, link.namespace, link.machine_interface, subnet, profiles)
+        finally:
+            with contextlib.suppress(StackError):
+                bring_down(state_dir)
+    return figures
+
+
+async def measure(
+    figures: RunFigures,
+    settings: StackSettings,
+    namespace: NetworkNamespace,
+    interface: str,
+    subnet: IPv4Network,
+    profiles: list[MachineProfile],
+) -> None:
+    headers = {"Authorization": f"Bearer {await api_key(settings)}"}
+    base_url = f"http://{settings.host}:{settings.api_port}"
+    firmware = MachineOptions(dhcp_policy=RetransmitPolicy())  # real firmware's waits: 4 s, 8 s, 16 s ...
+    limits = httpx.Limits(max_connections=COMMISSION_IN_FLIGHT)
+    async with (
+        httpx.AsyncClient(base_url=base_url, headers=headers, timeout=120, limits=limits) as client,
+        fleet_network(namespace, interface, tftp_port=settings.tftp_port, syslog_port=settings.syslog_port) as network,
+    ):
+        await serve_subnet(client, subnet)
+        await register_boot_resources(client)
+        bmcs = SimulatedBmcs(profiles, network, firmware, BmcCredentials("admin", secrets.token_urlsafe(12)))
+        await bmcs.start(IPv4Interface(f"{list(subnet.hosts())[2]}/{subnet.prefixlen}"))
+        try:
+            system_ids = await create_machines(client, bmcs, profiles)
+            async with sampled_usage(settings.state_dir) as usage:
+                _, figures.ready_after_s = await commission_and_wait(client, system_ids, figures)
+            figures.usage = usage
+            await bmcs.wait_until_every_machine_booted(10)
+            figures.outcomes = [_last(bmcs, p) for p in profiles]
+            figures.mismatches = await check_inventories(client, profiles, system_ids, bmcs)
+            figures.rows = await table_rows(settings.state_dir)
+            figures.duplicates = await duplicate_leases(settings.state_dir)
+        finally:
+            await bmcs.close()
+
+
+def _last(bmcs: SimulatedBmcs, profile: MachineProfile) -> MachineOutcome:
+    system = bmcs.systems[system_key(profile)]
+    if system.outcomes:
+        return system.outcomes[-1]
+    return MachineOutcome(profile, MachineResult.STUCK, step="never powered on")
+
+
+def print_run(figures: RunFigures) -> None:
+    took = f"{figures.ready_after_s:.1f} s" if figures.ready_after_s is not None else "not all READY"
+    print(f"\n== {figures.count} machines: {took} (READY {figures.ready}, FAILED {figures.failed}) ==")
+    if figures.error:
+        print(f"  failed: {figures.error}")
+        return
+    elapsed = figures.ready_after_s or DEADLINE_S
+    print(render_table(figures.outcomes, elapsed, figures.mismatches))
+    calls = figures.commission_call_s
+    print(f"commission calls: p50 {percentile(calls, 0.5) * 1000:.0f} ms, p95 {percentile(calls, 0.95) * 1000:.0f} ms")
+    print(f"leases on one address for two machines: {figures.duplicates}")
+    print("rows: " + ", ".join(f"{table} {rows}" for table, rows in figures.rows.items()))
+    print(f"{'component':<12} {'CPU s':>7} {'peak RSS MiB':>13}")
+    for component in figures.usage.components:
+        print(f"{component.name:<12} {component.cpu_s:>7.1f} {component.peak_rss_mib:>13.0f}")
+    print(f"{'fleet':<12} {figures.usage.fleet_cpu_s:>7.1f} {figures.usage.fleet_peak_rss_mib:>13.0f}")
+
+
+def summary(results: list[RunFigures]) -> list[str]:
+    lines = ["", "| machines | NEW -> READY s | READY | mismatches | duplicate leases | DORA p95 ms | results p95 ms |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for figures in results:
+        dhcp = [o.timings["dhcp"] for o in figures.outcomes if "dhcp" in o.timings]
+        results_s = [o.timings["results"] for o in figures.outcomes if "results" in o.timings]
+        took = f"{figures.ready_after_s:.1f}" if figures.ready_after_s is not None else "-"
+        lines.append(
+            f"| {figures.count} | {took} | {figures.ready} | {len(figures.mismatches)} | {figures.duplicates} "
+            f"| {percentile(dhcp, 0.95) * 1000:.0f} | {percentile(results_s, 0.95) * 1000:.0f} |"
+        )
+    return lines
+
+
+def verdict(results: list[RunFigures], quick: bool) -> str:
+    wanted = [f for f in results if f.count == GOAL_COUNT] or ([max(results, key=lambda f: f.count)] if quick else [])
+    if not wanted:
+        return f"{GOAL_COUNT} machines NEW -> READY: inf s (goal < {GOAL_S:g} s) short"
+    figures = wanted[0]
+    seconds = figures.ready_after_s if figures.clean and figures.ready_after_s is not None else float("inf")
+    meets = "meets" if seconds < GOAL_S else "short"
+    return f"{figures.count} machines NEW -> READY: {seconds:.1f} s (goal < {GOAL_S:g} s) {meets}"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="N = 100 only")
+    parser.add_argument("--counts", default=None, help="comma-separated sizes (default 100,500,1000)")
+    parser.add_argument("--seed", type=int, default=5)
+    return parser.parse_args()
+
+
+def interrupted(signum: int, _: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    args = parse_args()
+    counts = [int(n) for n in args.counts.split(",")] if args.counts else ([100] if args.quick else [100, 500, 1000])
+    if os.geteuid() != 0:
+        print("bench/fleet.py: needs root (namespace, veth, DHCP port 67)")
+        print(f"{GOAL_COUNT} machines NEW -> READY: inf s (goal < {GOAL_S:g} s) short")
+        return 1
+    signal.signal(signal.SIGTERM, interrupted)
+    os.environ.update({f"METALBUS_STACK_{name}": str(free_port()) for name in STACK_PORTS})
+    os.environ["METALBUS_STACK_METRICS_PORT_BASE"] = "0"
+    root = Path(tempfile.mkdtemp(prefix="bench-fleet-", dir="/tmp"))
+    root.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data directory
+    results: list[RunFigures] = []
+    try:
+        for count in counts:
+            print(f"-- {count} machines", flush=True)
+            try:
+                figures = asyncio.run(one_run(count, args.seed + count, root))
+            except (DemoError, StackError, httpx.HTTPError, OSError) as error:
+                figures = RunFigures(count, error=f"{type(error).__name__}: {error}")
+            results.append(figures)
+            print_run(figures)
+    except KeyboardInterrupt:
+        print("bench/fleet.py: interrupted", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print("\n".join(summary(results)))
+    print(verdict(results, args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""What bench/fleet.py measures besides the machines: CPU seconds and peak RSS of each stack component (a process
+and its descendants, read from /proc while the run goes; RSS is summed over the processes, so PostgreSQL's shared
+buffers count once per backend), of the bench process itself (the fleet), and the rows the run left in
+PostgreSQL."""
+
+import asyncio
+import contextlib
+import os
+import resource
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+from metalbus.stack.launcher import pid_file_for, recorded_stack
+from metalbus.stack.processes import running_identity
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+SAMPLE_EVERY_S = 0.5
+COUNTED_TABLES = (
+    "machines", "leases", "events", "commissioning_results", "hardware_inventory", "syslog_lines", "metadata_tokens",
+)  # fmt: skip
+
+
+@dataclass
+class ComponentUsage:
+    name: str
+    pid: int
+    cpu_s_at_start: float = 0.0
+    cpu_s: float = 0.0
+    peak_rss_mib: float = 0.0
+
+
+@dataclass
+class Usage:
+    components: list[ComponentUsage] = field(default_factory=list)
+    fleet_cpu_s: float = 0.0
+    fleet_peak_rss_mib: float = 0.0
+
+
+def _process_table() -> dict[int, tuple[int, float, int]]:
+    """pid -> (parent pid, CPU seconds, RSS KiB) of every process."""
+    table: dict[int, tuple[int, float, int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parent, ticks, rss_pages = int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[21])
+        table[int(entry.name)] = (parent, ticks / CLOCK_TICKS, rss_pages * PAGE_KIB)
+    return table
+
+
+def _tree_totals(table: dict[int, tuple[int, float, int]], root: int) -> tuple[float, int]:
+    """CPU seconds and RSS KiB of ``root`` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    cpu, rss, stack = 0.0, 0, [root]
+    while stack:
+        pid = stack.pop()
+        if pid in table:
+            cpu += table[pid][1]
+            rss += table[pid][2]
+        stack.extend(children.get(pid, ()))
+    return cpu, rss
+
+
+def stack_components(state_dir: Path) -> list[ComponentUsage]:
+    _, layout, cluster, components = recorded_stack(state_dir)
+    found = []
+    for component in components:
+        identity = running_identity(pid_file_for(component, layout, cluster))
+        if identity is not None:
+            found.append(ComponentUsage(component.name, identity.pid))
+    return found
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@contextlib.asynccontextmanager
+async def sampled_usage(state_dir: Path) -> AsyncIterator[Usage]:
+    """CPU used by each component (and this process) between entering and leaving; peak RSS seen meanwhile."""
+    usage = Usage(stack_components(state_dir))
+    table = _process_table()
+    for component in usage.components:
+        component.cpu_s_at_start = _tree_totals(table, component.pid)[0]
+    own_at_start = _own_cpu_s()
+
+    def sample() -> None:
+        table = _process_table()
+        for component in usage.components:
+            cpu, rss = _tree_totals(table, component.pid)
+            if cpu:
+                component.cpu_s = cpu - component.cpu_s_at_start
+            component.peak_rss_mib = max(component.peak_rss_mib, rss / 1024)
+        usage.fleet_cpu_s = _own_cpu_s() - own_at_start
+        own_rss = table.get(os.getpid(), (0, 0.0, 0))[2]  # this process alone: the stack's processes are its children
+        usage.fleet_peak_rss_mib = max(usage.fleet_peak_rss_mib, own_rss / 1024)
+
+    async def keep_sampling() -> None:
+        while True:
+            await asyncio.to_thread(sample)
+            await asyncio.sleep(SAMPLE_EVERY_S)
+
+    sampler = asyncio.create_task(keep_sampling())
+    try:
+        yield usage
+    finally:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+        sample()
+
+
+async def table_rows(state_dir: Path) -> dict[str, int]:
+    _, _, cluster, _ = recorded_stack(state_dir)
+    connection = await asyncpg.connect(cluster.dsn(), timeout=10)
+    try:
+        return {table: int(await connection.fetchval(f"SELECT count(*) FROM {table}")) for table in COUNTED_TABLES}
+    finally:
+        await connection.close()
+
+
+async def duplicate_leases(state_dir: Path) -> int:
+    """Addresses held by more than one machine's active (offered or bound) lease: must be 0."""
+    _, _, cluster, _ = recorded_stack(state_dir)
+    connection = await asyncpg.connect(cluster.dsn(), timeout=10)
+    try:
+        query = (
+            "SELECT count(*) FROM (SELECT ip FROM leases WHERE state IN ('offered', 'bound')"
+            " GROUP BY ip HAVING count(DISTINCT mac) > 1) AS shared"
+        )
+        return int(await connection.fetchval(query))
+    finally:
+        await connection.close()
