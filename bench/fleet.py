@@ -39,7 +39,15 @@ from typing import TypeVar
 
 import httpx
 
-from fleet_measure import Usage, duplicate_leases, sampled_usage, table_rows
+from fleet_measure import (
+    STATEMENT_STATS,
+    Usage,
+    duplicate_leases,
+    reset_statement_stats,
+    sampled_usage,
+    table_rows,
+    top_statements,
+)
 from metalbus.cli.demo import IMAGE_DIR, DemoError, api_key, call, register_boot_resources
 from metalbus.contracts.metadata import HardwareInventory
 from metalbus.fleet.bmc import BmcCredentials, SimulatedBmcs, system_key
@@ -80,6 +88,7 @@ class RunFigures:
     commission_call_s: list[float] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
+    statements: list[str] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -181,7 +190,7 @@ async def check_inventories(
     return sorted(set(inventory_mismatches(reported, stored_by_mac)) | set(missing))
 
 
-async def one_run(count: int, seed: int, root: Path) -> RunFigures:
+async def one_run(count: int, seed: int, root: Path, statements: bool) -> RunFigures:
     figures = RunFigures(count)
     state_dir = root / f"state-{count}"
     layout = StackLayout(state_dir)
@@ -191,12 +200,20 @@ async def one_run(count: int, seed: int, root: Path) -> RunFigures:
     profiles = fleet_profiles(seed, count)
     async with fleet_link(None, f"{hosts[1]}/{subnet.prefixlen}") as link:
         settings = StackSettings(
-            state_dir=state_dir, dhcp_port=67, dhcp_interfaces=[link.rack_interface], region_replicas=2
+            state_dir=state_dir,
+            dhcp_port=67,
+            dhcp_interfaces=[link.rack_interface],
+            region_replicas=2,
+            postgres_settings=STATEMENT_STATS if statements else {},
         )
         try:
             seconds = await bring_up(settings)
             print(f"  stack up in {seconds:.1f} s; machines on {link.machine_interface} ({subnet})", flush=True)
+            if statements:
+                await reset_statement_stats(state_dir)
             await measure(figures, settings, link.namespace, link.machine_interface, subnet, profiles)
+            if statements:
+                figures.statements = await top_statements(state_dir)
         finally:
             with contextlib.suppress(StackError):
                 bring_down(state_dir)
@@ -260,6 +277,9 @@ def print_run(figures: RunFigures) -> None:
     for component in figures.usage.components:
         print(f"{component.name:<12} {component.cpu_s:>7.1f} {component.peak_rss_mib:>13.0f}")
     print(f"{'fleet':<12} {figures.usage.fleet_cpu_s:>7.1f} {figures.usage.fleet_peak_rss_mib:>13.0f}")
+    if figures.statements:
+        print("PostgreSQL statements by total time:")
+        print("\n".join(figures.statements))
 
 
 def summary(results: list[RunFigures]) -> list[str]:
@@ -291,6 +311,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="N = 100 only")
     parser.add_argument("--counts", default=None, help="comma-separated sizes (default 100,500,1000)")
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--pg-statements", action="store_true", help="print PostgreSQL's costliest statements")
     return parser.parse_args()
 
 
@@ -315,7 +336,7 @@ def main() -> int:
         for count in counts:
             print(f"-- {count} machines", flush=True)
             try:
-                figures = asyncio.run(one_run(count, args.seed + count, root))
+                figures = asyncio.run(one_run(count, args.seed + count, root, args.pg_statements))
             except (DemoError, StackError, httpx.HTTPError, OSError) as error:
                 figures = RunFigures(count, error=f"{type(error).__name__}: {error}")
             results.append(figures)

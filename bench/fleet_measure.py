@@ -140,3 +140,36 @@ async def duplicate_leases(state_dir: Path) -> int:
         return int(await connection.fetchval(query))
     finally:
         await connection.close()
+
+
+STATEMENT_STATS = {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all"}
+"""PostgreSQL settings that make ``top_statements`` possible (bench/fleet.py --pg-statements)."""
+
+
+async def reset_statement_stats(state_dir: Path) -> None:
+    _, _, cluster, _ = recorded_stack(state_dir)
+    connection = await asyncpg.connect(cluster.dsn(), timeout=10)
+    try:
+        await connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        await connection.execute("SELECT pg_stat_statements_reset()")
+    finally:
+        await connection.close()
+
+
+async def top_statements(state_dir: Path, limit: int = 12) -> list[str]:
+    """The statements that took the most server time since the reset: total ms, calls, mean ms, the text."""
+    _, _, cluster, _ = recorded_stack(state_dir)
+    connection = await asyncpg.connect(cluster.dsn(), timeout=10)
+    try:
+        rows = await connection.fetch(
+            "SELECT total_exec_time, calls, mean_exec_time, query FROM pg_stat_statements"
+            " ORDER BY total_exec_time DESC LIMIT $1",
+            limit,
+        )
+    finally:
+        await connection.close()
+    return [
+        f"{row['total_exec_time']:>9.0f} ms {row['calls']:>7} calls {row['mean_exec_time']:>8.2f} ms  "
+        + " ".join(str(row["query"]).split())[:160]
+        for row in rows
+    ]

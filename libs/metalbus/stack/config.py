@@ -43,6 +43,9 @@ class StackSettings(BaseSettings):
     # start order (region-1, region-2, …, rack-dhcp, rack-tftp, rack-power, rack-proxy); 0: no metrics ports.
     # The api serves its metrics on api_port (GET /metrics, with an API key).
     metrics_port_base: int = Field(default=9460, ge=0, le=65535 - 16)
+    postgres_settings: dict[str, str] = Field(
+        default_factory=dict, description="Further PostgreSQL settings (JSON object in the environment)."
+    )
 
 
 def metrics_ports(settings: StackSettings) -> dict[str, int]:

@@ -41,7 +41,12 @@ class ComponentStatus:
 
 
 def cluster_for(settings: StackSettings, layout: StackLayout) -> PostgresCluster:
-    return PostgresCluster(root=layout.postgres_root, port=settings.postgres_port, host=settings.host)
+    return PostgresCluster(
+        root=layout.postgres_root,
+        port=settings.postgres_port,
+        host=settings.host,
+        settings=tuple(sorted(settings.postgres_settings.items())),
+    )
 
 
 def pid_file_for(component: Component, layout: StackLayout, cluster: PostgresCluster) -> Path:

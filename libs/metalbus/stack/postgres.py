@@ -85,6 +85,8 @@ class PostgresCluster:
     root: Path
     port: int
     host: str = "127.0.0.1"
+    settings: tuple[tuple[str, str], ...] = ()
+    """Further server settings (``-c name=value``), e.g. to load pg_stat_statements for a benchmark."""
 
     @property
     def home(self) -> Path:
@@ -173,6 +175,7 @@ class PostgresCluster:
             # the state directory may live.
             "-c", "unix_socket_directories=",
             "-c", "max_connections=200",
+            *(argument for name, value in self.settings for argument in ("-c", f"{name}={value}")),
         ]  # fmt: skip
         return start_detached(
             argv,
