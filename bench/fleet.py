@@ -67,6 +67,7 @@ DEADLINE_S = 300.0
 COMMISSION_IN_FLIGHT = 64
 CREATE_IN_FLIGHT = 16
 POLL_S = 0.25
+TIMELINE_PERIOD_S = 5.0
 KERNEL_BYTES, INITRD_BYTES = 256 * 1024, 1024 * 1024
 STACK_PORTS = (
     "NATS_PORT", "NATS_MONITOR_PORT", "POSTGRES_PORT", "API_PORT", "TFTP_PORT", "RACK_HTTP_PORT",
@@ -86,10 +87,17 @@ class RunFigures:
     mismatches: list[str] = field(default_factory=list)
     duplicates: int = -1
     commission_call_s: list[float] = field(default_factory=list)
+    commission_done_at: list[float] = field(default_factory=list)
+    ready_at: list[float] = field(default_factory=list)
+    """Seconds after the first commission call (the sampler's clock) that each call was answered, each READY seen."""
     rows: dict[str, int] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     statements: list[str] = field(default_factory=list)
     error: str | None = None
+
+    @property
+    def timeline(self) -> bool:
+        return bool(self.usage.timeline)
 
     @property
     def clean(self) -> bool:
@@ -159,11 +167,14 @@ async def commission_and_wait(
         sent = time.monotonic()
         await call(client, "POST", f"/machines/{system_id}/commission", {})
         figures.commission_call_s.append(time.monotonic() - sent)
+        figures.commission_done_at.append(time.monotonic() - started)
 
     calls = asyncio.create_task(bounded(commission, system_ids, COMMISSION_IN_FLIGHT))
     while time.monotonic() - started < DEADLINE_S:
         await asyncio.sleep(POLL_S)
-        figures.ready = await count_with_status(client, "ready")
+        ready = await count_with_status(client, "ready")
+        figures.ready_at.extend([time.monotonic() - started] * (ready - figures.ready))
+        figures.ready = ready
         figures.failed = await count_with_status(client, "failed_commissioning")
         if figures.ready + figures.failed >= len(system_ids):
             break
@@ -277,9 +288,24 @@ def print_run(figures: RunFigures) -> None:
     for component in figures.usage.components:
         print(f"{component.name:<12} {component.cpu_s:>7.1f} {component.peak_rss_mib:>13.0f}")
     print(f"{'fleet':<12} {figures.usage.fleet_cpu_s:>7.1f} {figures.usage.fleet_peak_rss_mib:>13.0f}")
+    if figures.timeline:
+        print_timeline(figures)
     if figures.statements:
         print("PostgreSQL statements by total time:")
         print("\n".join(figures.statements))
+
+
+def print_timeline(figures: RunFigures) -> None:
+    """Per period: commission calls answered, machines READY, and each component's share of a core."""
+    shares = figures.usage.cpu_share_by_period(TIMELINE_PERIOD_S)
+    if not shares:
+        return
+    names = list(shares[0][1])
+    print("\n" + f"{'s':>5} {'calls':>6} {'READY':>6} " + " ".join(f"{name[:9]:>9}" for name in names))
+    for moment, share in shares:
+        calls = sum(1 for done in figures.commission_done_at if done <= moment)
+        ready = sum(1 for done in figures.ready_at if done <= moment)
+        print(f"{moment:>5.0f} {calls:>6} {ready:>6} " + " ".join(f"{share[name]:>9.2f}" for name in names))
 
 
 def summary(results: list[RunFigures]) -> list[str]:

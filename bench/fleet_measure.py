@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import resource
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,18 @@ class Usage:
     components: list[ComponentUsage] = field(default_factory=list)
     fleet_cpu_s: float = 0.0
     fleet_peak_rss_mib: float = 0.0
+    timeline: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    """(seconds since the start, CPU seconds so far by component and "fleet"), one entry per sample."""
+
+    def cpu_share_by_period(self, period_s: float) -> list[tuple[float, dict[str, float]]]:
+        """Per period: the share of one core each component used in it (1.0 = a whole core)."""
+        shares, last_time, last = [], 0.0, {name: 0.0 for name in self.timeline[0][1]} if self.timeline else {}
+        for moment, totals in self.timeline:
+            if moment - last_time >= period_s:
+                spent = moment - last_time
+                shares.append((moment, {n: (totals[n] - last.get(n, 0.0)) / spent for n in totals}))
+                last_time, last = moment, totals
+        return shares
 
 
 def _process_table() -> dict[int, tuple[int, float, int]]:
@@ -92,6 +105,7 @@ async def sampled_usage(state_dir: Path) -> AsyncIterator[Usage]:
     for component in usage.components:
         component.cpu_s_at_start = _tree_totals(table, component.pid)[0]
     own_at_start = _own_cpu_s()
+    started = time.monotonic()
 
     def sample() -> None:
         table = _process_table()
@@ -103,6 +117,8 @@ async def sampled_usage(state_dir: Path) -> AsyncIterator[Usage]:
         usage.fleet_cpu_s = _own_cpu_s() - own_at_start
         own_rss = table.get(os.getpid(), (0, 0.0, 0))[2]  # this process alone: the stack's processes are its children
         usage.fleet_peak_rss_mib = max(usage.fleet_peak_rss_mib, own_rss / 1024)
+        totals = {component.name: component.cpu_s for component in usage.components} | {"fleet": usage.fleet_cpu_s}
+        usage.timeline.append((time.monotonic() - started, totals))
 
     async def keep_sampling() -> None:
         while True:

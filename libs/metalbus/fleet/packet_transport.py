@@ -4,12 +4,16 @@ Each virtual machine's DHCP messages leave with its own MAC as the Ethernet sour
 chaddr and answers); replies reach the interface broadcast, or unicast to the offered address and the machine's
 MAC (the server sets a neighbour entry for it), or (renewals) unicast to the leased address; all are read here,
 whatever the destination, and queued for the MAC in the reply's chaddr (the client checks the xid). Frames this
-socket sent itself are skipped. Gratuitous ARP tells the rack which MAC now answers for a machine's address: the
-namespace's kernel owns the leased addresses, on the interface's own MAC.
+socket sent itself are skipped. A socket filter (classic BPF, what ``tcpdump -dd 'ip and udp dst port 68'``
+prints) keeps every other frame out of the socket: in a boot storm the machines' TFTP and HTTP traffic would
+otherwise fill its receive buffer and the kernel would drop DHCP replies with it. Gratuitous ARP tells the rack
+which MAC now answers for a machine's address: the namespace's kernel owns the leased addresses, on the
+interface's own MAC.
 """
 
 import asyncio
 import contextlib
+import ctypes
 import socket
 import struct
 from dataclasses import dataclass
@@ -29,6 +33,22 @@ CLIENT_PORT, SERVER_PORT = 68, 67
 IP_PROTOCOL_UDP = 17
 MAX_FRAME = 65535
 QUEUE_LIMIT = 64
+RECEIVE_BUFFER_BYTES = 4 << 20
+SO_ATTACH_FILTER = 26
+SO_RCVBUFFORCE = 33
+DHCP_REPLY_FILTER = (
+    (0x28, 0, 0, 0x0000000C),  # ldh [12]            ethertype
+    (0x15, 0, 8, 0x00000800),  # jeq #IPv4           else drop
+    (0x30, 0, 0, 0x00000017),  # ldb [23]            IP protocol
+    (0x15, 0, 6, 0x00000011),  # jeq #UDP            else drop
+    (0x28, 0, 0, 0x00000014),  # ldh [20]            flags and fragment offset
+    (0x45, 4, 0, 0x00001FFF),  # jset #0x1fff        a later fragment: drop
+    (0xB1, 0, 0, 0x0000000E),  # ldxb 4*([14]&0xf)   IP header length
+    (0x48, 0, 0, 0x00000010),  # ldh [x + 16]        UDP destination port
+    (0x15, 0, 1, 0x00000044),  # jeq #68             else drop
+    (0x06, 0, 0, 0x00040000),  # ret #262144         keep the frame
+    (0x06, 0, 0, 0x00000000),  # ret #0              drop it
+)
 
 _ETHERNET = struct.Struct("!6s6sH")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
@@ -86,12 +106,23 @@ def gratuitous_arp(mac: bytes, address: IPv4Address) -> bytes:
     return _ETHERNET.pack(BROADCAST_MAC, mac, ETH_P_ARP) + arp
 
 
+def attach_filter(sock: socket.socket, program: tuple[tuple[int, int, int, int], ...]) -> None:
+    """SO_ATTACH_FILTER: the kernel copies the program (struct sock_fprog pointing at sock_filter records)."""
+    instructions = b"".join(struct.pack("HBBI", code, jt, jf, k) for code, jt, jf, k in program)
+    buffer = ctypes.create_string_buffer(instructions)
+    fprog = struct.pack("HL", len(program), ctypes.addressof(buffer))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
 class PacketTransport:
     """The AF_PACKET socket of one interface, shared by every machine on it."""
 
     def __init__(self, namespace: NetworkNamespace, interface: str) -> None:
         self.interface = interface
         self._socket = namespace.open_socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        attach_filter(self._socket, DHCP_REPLY_FILTER)
+        with contextlib.suppress(PermissionError):  # past rmem_max needs CAP_NET_ADMIN; the default still works
+            self._socket.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER_BYTES)
         self._socket.bind((interface, ETH_P_ALL))
         self.mac: bytes = self._socket.getsockname()[4]
         self._queues: dict[bytes, asyncio.Queue[ReceivedReply]] = {}
