@@ -19,6 +19,10 @@ from metalbus_rack_proxy.dns_answers import Answerer, zone_view
 log = structlog.get_logger("metalbus.rack_proxy.dns")
 
 EVENT_DEBOUNCE_S = 0.05  # a burst of events (a batch of leases) costs one zone request
+EVENT_REFRESH_GAP_S = 1.0
+"""Event-driven refreshes start at least this far apart: in a boot storm lease events never stop, and each refresh
+carries the whole zone (a thousand hosts), so refreshing on every burst cost the region and this service more than
+DNS was worth (bench/fleet.py); a new name still resolves within about a second."""
 ZONE_EVENTS = (EVENT_RACK_SERVICE, EVENT_LEASE, EVENT_MACHINE)
 
 
@@ -46,6 +50,7 @@ class ZoneFeed:
         self.refresh_failures = 0
         self._wanted = asyncio.Event()
         self._failing_since_success = 0  # warn once per outage, not at every refresh
+        self._last_refresh_at = float("-inf")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Refresh until ``stop``; every NATS subscription is removed on the way out."""
@@ -62,6 +67,7 @@ class ZoneFeed:
 
     async def refresh(self) -> bool:
         """Ask the region for the zone once; on failure keep answering from the last one."""
+        self._last_refresh_at = asyncio.get_running_loop().time()
         try:
             zone = await self.bus.request(DNS_ZONE, DnsZoneQuery(rack_id=self.rack_id), timeout=self.request_timeout_s)
         except MetalbusError as error:
@@ -96,4 +102,6 @@ class ZoneFeed:
             for waiter in waiters:
                 waiter.cancel()
         if self._wanted.is_set() and not stop.is_set():
-            await asyncio.sleep(EVENT_DEBOUNCE_S)
+            since_last = asyncio.get_running_loop().time() - self._last_refresh_at
+            with contextlib.suppress(TimeoutError):  # ``stop`` ends the wait at once
+                await asyncio.wait_for(stop.wait(), max(EVENT_DEBOUNCE_S, EVENT_REFRESH_GAP_S - since_last))
