@@ -13,15 +13,13 @@ decoded as UTF-8, undecodable bytes replaced. Anything else is BadForm (HTTP 400
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.message import Message as EmailMessage
-from email.parser import BytesParser
-from email.policy import HTTP
 from typing import Any
 from urllib.parse import parse_qsl
 
 from pydantic import ValidationError
 
 from metalbus.contracts.metadata import MetadataSignal, OAuthCredentials, ScriptResult, SignalStatus
+from metalbus_rack_proxy.multipart_form import MultipartError, form_parts
 
 SUFFIXES = {".out": "stdout", ".err": "stderr", ".yaml": "result"}
 MAX_FIELDS = 64
@@ -70,29 +68,10 @@ def parse_form(content_type: str | None, body: bytes) -> SignalForm:
 
 
 def _multipart_parts(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
-    if "\r" in content_type or "\n" in content_type:
-        raise BadForm("malformed content type")
-    message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
-    if not message.is_multipart() or message.defects:
-        raise BadForm("malformed multipart body")
-    parts: list[tuple[str, bytes]] = []
-    for part in message.iter_parts():
-        parts.append((_part_name(part), _part_payload(part)))
-    return parts
-
-
-def _part_name(part: EmailMessage) -> str:
-    name = part.get_param("name", header="content-disposition")
-    if not isinstance(name, str) or not name:
-        raise BadForm("a form part has no name")
-    return name
-
-
-def _part_payload(part: EmailMessage) -> bytes:
-    payload = part.get_payload(decode=True)
-    if not isinstance(payload, bytes):
-        raise BadForm("a form part is itself multipart")
-    return payload
+    try:
+        return form_parts(content_type, body)
+    except MultipartError as error:
+        raise BadForm(str(error)) from error
 
 
 def signal_from_form(credentials: OAuthCredentials, form: SignalForm) -> MetadataSignal:
