@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux: also the control message's type
-TIMESPEC = struct.Struct("@qq")  # struct timespec on 64-bit Linux: seconds, nanoseconds
+TIMESPEC = struct.Struct("@ll")  # struct timespec as SO_TIMESTAMPNS fills it: two native longs, seconds and nanoseconds
 ANCILLARY_SPACE = socket.CMSG_SPACE(TIMESPEC.size)
 MAX_DATAGRAM_BYTES = 65535
 READS_PER_WAKEUP = 64
