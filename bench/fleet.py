@@ -22,59 +22,34 @@ the run ends. The last line is ``1000 machines NEW -> READY: <s> s (goal < 60 s)
 
 import argparse
 import asyncio
-import contextlib
 import os
-import secrets
 import shutil
 import signal
 import socket
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 
-from fleet_measure import (
-    STATEMENT_STATS,
-    Usage,
-    duplicate_leases,
-    reset_statement_stats,
-    sampled_usage,
-    table_rows,
-    top_statements,
-)
-from metalbus.cli.demo import IMAGE_DIR, DemoError, api_key, call, register_boot_resources
-from metalbus.contracts.metadata import HardwareInventory
-from metalbus.fleet.bmc import BmcCredentials, SimulatedBmcs, system_key
+from fleet_measure import STATEMENT_STATS, Usage, reset_statement_stats, sampled_usage, table_rows, top_statements
 from metalbus.fleet.dhcp_client import RetransmitPolicy
-from metalbus.fleet.machine import MachineOptions, MachineOutcome, MachineResult
-from metalbus.fleet.netns import NetworkNamespace
-from metalbus.fleet.network import fleet_network
-from metalbus.fleet.profiles import MachineProfile, fleet_profiles
-from metalbus.fleet.report import inventory_mismatches, percentile, render_table
-from metalbus.fleet.veth import fleet_link
-from metalbus.stack.config import StackLayout, StackSettings
-from metalbus.stack.launcher import StackError, bring_down, bring_up
+from metalbus.fleet.machine import MachineOptions, MachineOutcome
+from metalbus.fleet.profiles import fleet_profiles
+from metalbus.fleet.report import percentile, render_table
+from metalbus.fleet.storm import StormError, commission_storm, create_machines, storm_checks, storm_site
+from metalbus.stack.launcher import StackError
 
 GOAL_S = 60.0
 GOAL_COUNT = 1000
 DEADLINE_S = 300.0
 COMMISSION_IN_FLIGHT = 64
-CREATE_IN_FLIGHT = 16
-POLL_S = 0.25
 TIMELINE_PERIOD_S = 5.0
-KERNEL_BYTES, INITRD_BYTES = 256 * 1024, 1024 * 1024
 STACK_PORTS = (
     "NATS_PORT", "NATS_MONITOR_PORT", "POSTGRES_PORT", "API_PORT", "TFTP_PORT", "RACK_HTTP_PORT",
     "APT_PROXY_PORT", "DNS_PORT", "SYSLOG_PORT",
 )  # fmt: skip
-T = TypeVar("T")
-U = TypeVar("U")
 
 
 @dataclass
@@ -89,7 +64,6 @@ class RunFigures:
     commission_call_s: list[float] = field(default_factory=list)
     commission_done_at: list[float] = field(default_factory=list)
     ready_at: list[float] = field(default_factory=list)
-    """Seconds after the first commission call (the sampler's clock) that each call was answered, each READY seen."""
     rows: dict[str, int] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     statements: list[str] = field(default_factory=list)
@@ -111,165 +85,29 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def write_boot_files(layout: StackLayout) -> None:
-    """Loaders, kernel and initrd that are only bytes: the fleet fetches them, nothing runs them."""
-    images = layout.boot_root / IMAGE_DIR
-    images.mkdir(parents=True, exist_ok=True)
-    (layout.boot_root / "lpxelinux.0").write_bytes(os.urandom(40 * 1024))
-    (layout.boot_root / "bootx64.efi").write_bytes(os.urandom(60 * 1024))
-    (images / "vmlinuz").write_bytes(os.urandom(KERNEL_BYTES))
-    (images / "initrd.img").write_bytes(os.urandom(INITRD_BYTES))
-
-
-async def bounded(work: Callable[[T], Awaitable[U]], items: Sequence[T], parallel: int) -> list[U]:
-    gate = asyncio.Semaphore(parallel)
-
-    async def one(item: T) -> U:
-        async with gate:
-            return await work(item)
-
-    return list(await asyncio.gather(*(one(item) for item in items)))
-
-
-async def serve_subnet(client: httpx.AsyncClient, subnet: IPv4Network) -> None:
-    hosts = list(subnet.hosts())
-    body = {
-        "cidr": str(subnet), "gateway": str(hosts[0]), "dns_servers": [str(hosts[1])],
-        "dynamic_start": str(hosts[9]), "dynamic_end": str(hosts[-2]), "lease_time_s": 3600,
-    }  # fmt: skip
-    await call(client, "POST", "/subnets", body)
-
-
-async def create_machines(client: httpx.AsyncClient, bmcs: SimulatedBmcs, profiles: list[MachineProfile]) -> list[str]:
-    async def create(profile: MachineProfile) -> str:
-        power = bmcs.machine_power(profile)
-        body = {
-            "hostname": profile.hostname, "architecture": profile.architecture.value, "boot_mac": profile.boot_mac,
-            "power_type": power.power_type.value, "power_parameters": power.parameters,
-            "power_secrets": power.secrets,
-        }  # fmt: skip
-        return str((await call(client, "POST", "/machines", body))["system_id"])
-
-    return await bounded(create, profiles, CREATE_IN_FLIGHT)
-
-
-async def count_with_status(client: httpx.AsyncClient, status: str) -> int:
-    return int((await call(client, "GET", f"/machines?status={status}&limit=1"))["total"])
-
-
-async def commission_and_wait(
-    client: httpx.AsyncClient, system_ids: list[str], figures: RunFigures
-) -> tuple[float, float | None]:
-    """Every commission call at once; returns when they started and how long until the API said all READY."""
-    started = time.monotonic()
-
-    async def commission(system_id: str) -> None:
-        sent = time.monotonic()
-        await call(client, "POST", f"/machines/{system_id}/commission", {})
-        figures.commission_call_s.append(time.monotonic() - sent)
-        figures.commission_done_at.append(time.monotonic() - started)
-
-    calls = asyncio.create_task(bounded(commission, system_ids, COMMISSION_IN_FLIGHT))
-    while time.monotonic() - started < DEADLINE_S:
-        await asyncio.sleep(POLL_S)
-        ready = await count_with_status(client, "ready")
-        figures.ready_at.extend([time.monotonic() - started] * (ready - figures.ready))
-        figures.ready = ready
-        figures.failed = await count_with_status(client, "failed_commissioning")
-        if figures.ready + figures.failed >= len(system_ids):
-            break
-    await calls
-    settled = time.monotonic() - started
-    return started, settled if figures.ready == len(system_ids) else None
-
-
-async def check_inventories(
-    client: httpx.AsyncClient, profiles: list[MachineProfile], system_ids: list[str], bmcs: SimulatedBmcs
-) -> list[str]:
-    async def stored(system_id: str) -> HardwareInventory | None:
-        answer = await call(client, "GET", f"/machines/{system_id}/inventory", ok=(404,))
-        return HardwareInventory.model_validate(answer) if answer and "cpu_count" in answer else None
-
-    inventories = await bounded(stored, system_ids, CREATE_IN_FLIGHT)
-    reported = {}
-    for profile in profiles:
-        outcomes = bmcs.systems[system_key(profile)].outcomes
-        if outcomes and outcomes[-1].reported is not None:
-            reported[profile.boot_mac] = outcomes[-1].reported
-    stored_by_mac = {p.boot_mac: inv for p, inv in zip(profiles, inventories, strict=True) if inv is not None}
-    missing = [p.boot_mac for p in profiles if p.boot_mac not in reported]
-    return sorted(set(inventory_mismatches(reported, stored_by_mac)) | set(missing))
-
-
 async def one_run(count: int, seed: int, root: Path, statements: bool) -> RunFigures:
     figures = RunFigures(count)
     state_dir = root / f"state-{count}"
-    layout = StackLayout(state_dir)
-    write_boot_files(layout)
-    subnet = IPv4Network(f"10.{200 + secrets.randbelow(50)}.0.0/21")
-    hosts = list(subnet.hosts())
-    profiles = fleet_profiles(seed, count)
-    async with fleet_link(None, f"{hosts[1]}/{subnet.prefixlen}") as link:
-        settings = StackSettings(
-            state_dir=state_dir,
-            dhcp_port=67,
-            dhcp_interfaces=[link.rack_interface],
-            region_replicas=2,
-            postgres_settings=STATEMENT_STATS if statements else {},
-        )
-        try:
-            seconds = await bring_up(settings)
-            print(f"  stack up in {seconds:.1f} s; machines on {link.machine_interface} ({subnet})", flush=True)
-            if statements:
-                await reset_statement_stats(state_dir)
-            await measure(figures, settings, link.namespace, link.machine_interface, subnet, profiles)
-            if statements:
-                figures.statements = await top_statements(state_dir)
-        finally:
-            with contextlib.suppress(StackError):
-                bring_down(state_dir)
-    return figures
-
-
-async def measure(
-    figures: RunFigures,
-    settings: StackSettings,
-    namespace: NetworkNamespace,
-    interface: str,
-    subnet: IPv4Network,
-    profiles: list[MachineProfile],
-) -> None:
-    headers = {"Authorization": f"Bearer {await api_key(settings)}"}
-    base_url = f"http://{settings.host}:{settings.api_port}"
     firmware = MachineOptions(dhcp_policy=RetransmitPolicy())  # real firmware's waits: 4 s, 8 s, 16 s ...
-    limits = httpx.Limits(max_connections=COMMISSION_IN_FLIGHT)
-    async with (
-        httpx.AsyncClient(base_url=base_url, headers=headers, timeout=120, limits=limits) as client,
-        fleet_network(namespace, interface, tftp_port=settings.tftp_port, syslog_port=settings.syslog_port) as network,
-    ):
-        await serve_subnet(client, subnet)
-        await register_boot_resources(client)
-        bmcs = SimulatedBmcs(profiles, network, firmware, BmcCredentials("admin", secrets.token_urlsafe(12)))
-        await bmcs.start(IPv4Interface(f"{list(subnet.hosts())[2]}/{subnet.prefixlen}"))
-        try:
-            system_ids = await create_machines(client, bmcs, profiles)
-            async with sampled_usage(settings.state_dir) as usage:
-                _, figures.ready_after_s = await commission_and_wait(client, system_ids, figures)
-            figures.usage = usage
-            await bmcs.wait_until_every_machine_booted(10)
-            figures.outcomes = [_last(bmcs, p) for p in profiles]
-            figures.mismatches = await check_inventories(client, profiles, system_ids, bmcs)
-            figures.rows = await table_rows(settings.state_dir)
-            figures.duplicates = await duplicate_leases(settings.state_dir)
-        finally:
-            await bmcs.close()
-
-
-def _last(bmcs: SimulatedBmcs, profile: MachineProfile) -> MachineOutcome:
-    system = bmcs.systems[system_key(profile)]
-    if system.outcomes:
-        return system.outcomes[-1]
-    return MachineOutcome(profile, MachineResult.STUCK, step="never powered on")
+    postgres = STATEMENT_STATS if statements else {}
+    profiles = fleet_profiles(seed, count)
+    async with storm_site(state_dir, profiles, firmware, postgres_settings=postgres) as site:
+        print(f"  stack up; machines on {site.network.interface} ({site.subnet})", flush=True)
+        if statements:
+            await reset_statement_stats(state_dir)
+        system_ids = await create_machines(site)
+        async with sampled_usage(state_dir) as usage:
+            run = await commission_storm(site, system_ids, deadline_s=DEADLINE_S, in_flight=COMMISSION_IN_FLIGHT)
+        checks = await storm_checks(site, system_ids)
+        figures.usage, figures.ready_after_s, figures.ready = usage, run.ready_after_s, run.ready
+        figures.failed = run.statuses.get("failed_commissioning", 0)
+        figures.commission_call_s, figures.commission_done_at = run.commission_call_s, run.commission_done_at
+        figures.ready_at, figures.outcomes = run.ready_at, checks.outcomes
+        figures.mismatches, figures.duplicates = checks.mismatches, checks.duplicate_leases
+        figures.rows = await table_rows(state_dir)
+        if statements:
+            figures.statements = await top_statements(state_dir)
+    return figures
 
 
 def print_run(figures: RunFigures) -> None:
@@ -363,7 +201,7 @@ def main() -> int:
             print(f"-- {count} machines", flush=True)
             try:
                 figures = asyncio.run(one_run(count, args.seed + count, root, args.pg_statements))
-            except (DemoError, StackError, httpx.HTTPError, OSError) as error:
+            except (StormError, StackError, httpx.HTTPError, OSError) as error:
                 figures = RunFigures(count, error=f"{type(error).__name__}: {error}")
             results.append(figures)
             print_run(figures)

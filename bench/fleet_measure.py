@@ -144,20 +144,6 @@ async def table_rows(state_dir: Path) -> dict[str, int]:
         await connection.close()
 
 
-async def duplicate_leases(state_dir: Path) -> int:
-    """Addresses held by more than one machine's active (offered or bound) lease: must be 0."""
-    _, _, cluster, _ = recorded_stack(state_dir)
-    connection = await asyncpg.connect(cluster.dsn(), timeout=10)
-    try:
-        query = (
-            "SELECT count(*) FROM (SELECT ip FROM leases WHERE state IN ('offered', 'bound')"
-            " GROUP BY ip HAVING count(DISTINCT mac) > 1) AS shared"
-        )
-        return int(await connection.fetchval(query))
-    finally:
-        await connection.close()
-
-
 STATEMENT_STATS = {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all"}
 """PostgreSQL settings that make ``top_statements`` possible (bench/fleet.py --pg-statements)."""
 
