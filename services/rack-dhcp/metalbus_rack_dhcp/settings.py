@@ -25,7 +25,7 @@ class RackDhcpSettings(RackServiceSettings):
         description="Requests answered at once per interface; more are dropped (counted as overloaded).",
     )
     request_max_wait_s: float = Field(
-        default=0.5,
+        default=1.0,
         ge=0,
         le=60,
         description="A request that waited longer since it reached the host is dropped as stale; 0: no limit.",
