@@ -246,6 +246,29 @@ async def test_full_inventory_then_ok_makes_the_machine_ready_with_everything_st
     ]
 
 
+async def test_a_final_signal_sent_again_after_its_answer_was_lost_gets_the_same_answer_and_changes_nothing(
+    nats_server: NatsServer, database_dsn: str, bus: Bus
+) -> None:
+    async with region(nats_server, database_dsn, bus), database(database_dsn) as conn:
+        system_id, credentials = await commissioning_machine(conn, "52:54:00:00:00:07")
+        await signal(bus, credentials, SignalStatus.WORKING, inventory_result())
+        first = await signal(bus, credentials, SignalStatus.OK)
+        events_after_first = await conn.fetchval("SELECT count(*) FROM events")
+        again = await signal(bus, credentials, SignalStatus.OK)
+        events_after_again = await conn.fetchval("SELECT count(*) FROM events")
+        with pytest.raises(Forbidden):  # only the very signal that ended the run: not another status
+            await signal(bus, credentials, SignalStatus.FAILED)
+        with pytest.raises(Forbidden):  # nor a read: the token is gone
+            await read(bus, credentials, MetadataItem.INSTANCE_ID)
+        deadline = datetime.now(UTC) + timedelta(hours=1)  # a new run: the old token is nothing now
+        await apply_action(conn, system_id, MachineAction.COMMISSION, commissioning_deadline=deadline)
+        with pytest.raises(Forbidden):
+            await signal(bus, credentials, SignalStatus.OK)
+
+    assert (first, again) == (MachineStatus.READY, MachineStatus.READY)
+    assert events_after_again == events_after_first
+
+
 async def test_inventory_in_a_result_object_counts_as_well_as_on_stdout(
     nats_server: NatsServer, database_dsn: str, bus: Bus
 ) -> None:

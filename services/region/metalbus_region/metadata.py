@@ -51,7 +51,7 @@ from metalbus_region.context import RegionContext, Route
 from metalbus_region.machine_store import leave_commissioning
 from metalbus_region.outbox import record_event
 from metalbus_region.scripts import chosen_scripts, render_user_scripts
-from metalbus_region.tokens import machine_for_token
+from metalbus_region.tokens import machine_for_token, machine_whose_run_this_token_ended
 from metalbus_region.transitions import apply_action
 
 VENDOR_DATA = """#cloud-config
@@ -62,6 +62,10 @@ manage_etc_hosts: true
 """
 MAX_REASON = 1000
 FINAL_STATUSES = frozenset({SignalStatus.OK, SignalStatus.FAILED})
+REPEATED_SIGNAL_GRACE_S = 600.0
+"""How long after a final signal ended commissioning the same signal, sent again (its answer was lost: NATS or a
+region replica went away mid-request), is answered as the first was instead of with 403."""
+OUTCOME_OF = {SignalStatus.OK: MachineStatus.READY, SignalStatus.FAILED: MachineStatus.FAILED_COMMISSIONING}
 
 
 @cache
@@ -167,7 +171,13 @@ def item_content(
 
 async def take_signal(conn: DbConnection, signal: MetadataSignal) -> SignalOutcome:
     """Run inside the caller's transaction: store the results, then move the machine if the signal says so."""
-    system_id = await machine_for_token(conn, signal.credentials)
+    try:
+        system_id = await machine_for_token(conn, signal.credentials)
+    except Forbidden:
+        repeated = await _repeated_final_signal(conn, signal)
+        if repeated is None:
+            raise
+        return repeated
     status = MachineStatus(
         await conn.fetchval("SELECT status FROM machines WHERE system_id = $1 FOR UPDATE", system_id)
     )
@@ -191,6 +201,17 @@ async def take_signal(conn: DbConnection, signal: MetadataSignal) -> SignalOutco
             return await _finish(conn, system_id, MachineAction.COMMISSIONING_SUCCEEDED, None)
         return await _finish(conn, system_id, MachineAction.COMMISSIONING_FAILED, "no hardware inventory received")
     return SignalOutcome(system_id, status)
+
+
+async def _repeated_final_signal(conn: DbConnection, signal: MetadataSignal) -> SignalOutcome | None:
+    """The outcome to answer again when ``signal`` repeats the final signal that just ended commissioning."""
+    if signal.status not in FINAL_STATUSES:
+        return None
+    system_id = await machine_whose_run_this_token_ended(conn, signal.credentials, within_s=REPEATED_SIGNAL_GRACE_S)
+    if system_id is None:
+        return None
+    status = MachineStatus(await conn.fetchval("SELECT status FROM machines WHERE system_id = $1", system_id))
+    return SignalOutcome(system_id, status) if status is OUTCOME_OF[signal.status] else None
 
 
 async def _store_results(conn: DbConnection, system_id: str, signal: MetadataSignal) -> list[str]:

@@ -73,6 +73,30 @@ async def current_token(conn: DbConnection, system_id: str) -> OAuthCredentials 
     )
 
 
+async def machine_whose_run_this_token_ended(
+    conn: DbConnection, credentials: OAuthCredentials, *, within_s: float
+) -> str | None:
+    """The machine whose commissioning ended (token revoked in that very transition, no later change of status)
+    at most ``within_s`` ago with these credentials: a final signal sent again after its answer was lost."""
+    row = await conn.fetchrow(
+        """
+        SELECT t.system_id, t.consumer_key, t.token_secret
+          FROM metadata_tokens t JOIN machines m ON m.system_id = t.system_id
+         WHERE t.token_key = $1 AND t.revoked_at = m.status_changed_at
+           AND t.revoked_at > now() - make_interval(secs => $2)
+        """,
+        credentials.token_key,
+        within_s,
+    )
+    if (
+        row is None
+        or not hmac.compare_digest(row["token_secret"], credentials.token_secret)
+        or not hmac.compare_digest(row["consumer_key"], credentials.consumer_key)
+    ):
+        return None
+    return str(row["system_id"])
+
+
 async def revoke_tokens(conn: DbConnection, system_id: str) -> None:
     await conn.execute(
         "UPDATE metadata_tokens SET revoked_at = now() WHERE system_id = $1 AND revoked_at IS NULL", system_id
