@@ -185,7 +185,7 @@ async def test_grub_and_ipxe_files_for_one_mac_name_the_same_machine_and_its_uef
     assert "amd64/bios" in no_bios_image.value.message
 
 
-async def test_with_the_region_stopped_cached_answers_are_served_and_others_are_unavailable(
+async def test_with_the_region_stopped_cached_answers_are_served_and_others_get_no_answer_to_ask_again(
     nats_server: NatsServer, database_dsn: str, bus: Bus
 ) -> None:
     async with rack_tftp(nats_server, ttl_s=10, stale_if_error_s=60) as rack:
@@ -203,7 +203,7 @@ async def test_with_the_region_stopped_cached_answers_are_served_and_others_are_
             await rack.read(PXELINUX_NAME)
         with pytest.raises(FileRefused) as unknown:
             await rack.read("pxelinux.cfg/01-52-54-00-7a-00-02")
-    assert too_old.value.reason is unknown.value.reason is RefusalReason.UNAVAILABLE
+    assert too_old.value.reason is unknown.value.reason is RefusalReason.REGION_SILENT
     assert "region.boot.config" in unknown.value.message
 
 

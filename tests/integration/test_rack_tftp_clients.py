@@ -421,3 +421,48 @@ async def test_a_window_follows_the_acknowledged_block_even_in_the_middle_of_the
     client.send(encode_ack(2), port)  # as a client does when block 3 was lost
     second_window = [(await client.receive())[0][:4] for _ in range(4)]
     assert second_window == [data_block(number) for number in (3, 4, 5, 6)]
+
+
+class RegionBackAfter:
+    """A per-machine config whose region gives no answer to the first ``silent`` requests, then answers."""
+
+    def __init__(self, silent: int) -> None:
+        self.silent = silent
+        self.asked = 0
+
+    async def open(self, path: str, requester: Requester) -> OpenedFile:
+        if path != DYNAMIC_NAME:
+            raise FileRefused(RefusalReason.NOT_FOUND, f"no config {path}")
+        self.asked += 1
+        if self.asked <= self.silent:
+            raise FileRefused(RefusalReason.REGION_SILENT, "no reply on region.boot.config within 2s")
+        return MemoryFile(b"DEFAULT local\n")
+
+
+async def test_while_the_region_is_silent_a_config_request_gets_no_answer_and_its_retransmission_is_served(
+    raw_clients: list[RawClient], tmp_path: Path
+) -> None:
+    source = RegionBackAfter(silent=1)
+    server = await serve_tftp("127.0.0.1", 0, source, TftpServerSettings())
+    try:
+        client, _ = raw_clients
+        client.send(read_request(DYNAMIC_NAME), server.port)
+        silent = await client.silent_for(0.3)
+        client.send(read_request(DYNAMIC_NAME), server.port)  # a loader's retransmission
+        data, _ = await client.receive()
+        # tftp-hpa, told to retransmit every second, rides out a silent region the same way.
+        source.asked, source.silent = 0, 1
+        local = tmp_path / "config"
+        commands = f"binary\nrexmt 1\nget {DYNAMIC_NAME} {local}\nquit\n"
+        process = await asyncio.create_subprocess_exec(
+            "tftp", "127.0.0.1", str(server.port), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        await asyncio.wait_for(process.communicate(commands.encode()), 20)
+    finally:
+        server.close()
+
+    assert silent
+    assert data == data_block(1) + b"DEFAULT local\n"
+    assert server.counters.dropped["region-silent"] == 2
+    assert "region-silent" not in server.counters.refused
+    assert local.read_bytes() == b"DEFAULT local\n"

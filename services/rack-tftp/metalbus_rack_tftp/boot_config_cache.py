@@ -30,7 +30,7 @@ import structlog
 from metalbus.contracts.boot import BootConfig
 from metalbus.contracts.common import Architecture
 from metalbus.contracts.machines import MachineEvent
-from metalbus_rack_tftp.sources import FileRefused, RefusalReason
+from metalbus_rack_tftp.sources import TRANSIENT_REFUSALS, FileRefused
 
 log = structlog.get_logger("metalbus.rack_tftp.cache")
 
@@ -86,7 +86,7 @@ class BootConfigCache:
         try:
             return await asyncio.shield(task)
         except FileRefused as refusal:
-            if refusal.reason is not RefusalReason.UNAVAILABLE:
+            if refusal.reason not in TRANSIENT_REFUSALS:
                 raise
             return self._stale_or_raise(key, refusal)
 

@@ -29,7 +29,7 @@ import structlog
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from metalbus_rack_tftp.sources import FileRefused, FileSource, OpenedFile, RefusalReason, Requester
+from metalbus_rack_tftp.sources import TRANSIENT_REFUSALS, FileRefused, FileSource, OpenedFile, RefusalReason, Requester
 from metalbus_rack_tftp.transfer_reports import FinishedTransfer, TransferObserver
 
 CHUNK_SIZE = 256 * 1024
@@ -153,7 +153,12 @@ class HttpBootCounters:
     refusals: dict[RefusalReason, int] = field(default_factory=lambda: dict.fromkeys(RefusalReason, 0))
 
 
-_REFUSAL_STATUS = {RefusalReason.NOT_FOUND: 404, RefusalReason.ACCESS_VIOLATION: 403, RefusalReason.UNAVAILABLE: 503}
+_REFUSAL_STATUS = {
+    RefusalReason.NOT_FOUND: 404,
+    RefusalReason.ACCESS_VIOLATION: 403,
+    RefusalReason.UNAVAILABLE: 503,
+    RefusalReason.REGION_SILENT: 503,
+}
 
 
 class TruncatedFile(Exception):
@@ -260,7 +265,7 @@ class HttpBootApp:
             detail=refusal.message,
             client=requester.client_address,
         )
-        extra = [(b"retry-after", self._retry_after)] if refusal.reason is RefusalReason.UNAVAILABLE else []
+        extra = [(b"retry-after", self._retry_after)] if refusal.reason in TRANSIENT_REFUSALS else []
         await _send_status(send, _REFUSAL_STATUS[refusal.reason], refusal.reason.value, extra, head)
 
     async def _answer(self, receive: Receive, send: Send, opened: OpenedFile, answer: RangeAnswer, head: bool) -> bool:

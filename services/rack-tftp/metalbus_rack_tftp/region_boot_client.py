@@ -2,8 +2,10 @@
 
 The only place rack-tftp's boot configs talk to NATS. Every request carries an explicit timeout; any typed error
 of the region or the bus (Unavailable, Timeout, a missing boot resource, a machine without credentials, …) is a
-``FileRefused(UNAVAILABLE)``: the loader gets TFTP error 0 / HTTP 503 with the region's words and goes on to its
-next config name. Machine events are followed on plain NATS (the region publishes them into JetStream, whose
+``FileRefused``: no answer at all (the bus's Unavailable or Timeout, or the region's own Unavailable: its database is
+away) is REGION_SILENT, so a TFTP loader hears nothing and asks again; any other error is UNAVAILABLE, and the
+loader gets TFTP error 0 / HTTP 503 with the region's words and goes on to its next config name. Machine events
+are followed on plain NATS (the region publishes them into JetStream, whose
 subjects core subscribers see too), so a rack needs no durable consumer and replays nothing it missed: what it
 missed while disconnected is bounded by the cache's TTL.
 """
@@ -20,7 +22,7 @@ from pydantic import ValidationError
 from metalbus.bus import Bus
 from metalbus.contracts.boot import RACK_HTTP_PORT, RACK_SYSLOG_PORT, BootConfig, BootConfigQuery
 from metalbus.contracts.common import Architecture
-from metalbus.contracts.errors import MetalbusError, Unavailable
+from metalbus.contracts.errors import ErrorCode, MetalbusError, Unavailable
 from metalbus.contracts.machines import MachineEvent
 from metalbus.subjects import BOOT_CONFIG, EVENT_MACHINE, wildcard
 from metalbus_rack_tftp.sources import FileRefused, RefusalReason
@@ -65,9 +67,9 @@ class RegionBootConfigs:
             return await self.bus.request(BOOT_CONFIG, query, timeout=self.timeout_s)
         except MetalbusError as error:
             log.info("boot_config.refused", mac=mac, architecture=architecture.value, code=error.code.value)
-            raise FileRefused(
-                RefusalReason.UNAVAILABLE, f"no boot decision for {mac} from the region: {error.message}"
-            ) from error
+            silent = error.code in (ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT)
+            reason = RefusalReason.REGION_SILENT if silent else RefusalReason.UNAVAILABLE
+            raise FileRefused(reason, f"no boot decision for {mac} from the region: {error.message}") from error
 
     async def follow_machine_events(self, on_event: Callable[[MachineEvent], None]) -> Subscription:
         """Call ``on_event`` for every machine event from now on (until the subscription is unsubscribed)."""

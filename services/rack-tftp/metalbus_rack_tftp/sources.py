@@ -18,7 +18,15 @@ class RefusalReason(StrEnum):
     ACCESS_VIOLATION = "access-violation"
     """Outside the boot root, a NUL byte, an over-long name, a symlink out (TFTP error 2, HTTP 403)."""
     UNAVAILABLE = "unavailable"
-    """The file depends on the region and the region did not answer (TFTP error 0, HTTP 503)."""
+    """The file depends on the region and the region cannot give it (TFTP error 0, HTTP 503)."""
+    REGION_SILENT = "region-silent"
+    """The file depends on the region and no answer came (NATS or every replica away, the database down): TFTP
+    says nothing, so the loader sends its request again a second later, when the region may be back, instead
+    of moving on to its next config name; HTTP 503 with Retry-After."""
+
+
+TRANSIENT_REFUSALS = frozenset({RefusalReason.UNAVAILABLE, RefusalReason.REGION_SILENT})
+"""Refusals a stale cached answer may stand in for."""
 
 
 class FileRefused(Exception):

@@ -59,6 +59,7 @@ _REFUSAL_ERRORS = {
     RefusalReason.NOT_FOUND: ErrorCode.FILE_NOT_FOUND,
     RefusalReason.ACCESS_VIOLATION: ErrorCode.ACCESS_VIOLATION,
     RefusalReason.UNAVAILABLE: ErrorCode.NOT_DEFINED,
+    RefusalReason.REGION_SILENT: ErrorCode.NOT_DEFINED,
 }
 Client = tuple[str, int]
 
@@ -359,6 +360,10 @@ class TftpServer:
             opened = await self._open(request, requester)
         except FileRefused as refusal:
             del self._transfers[client]
+            if refusal.reason is RefusalReason.REGION_SILENT:  # say nothing: the client asks again in a second
+                self.counters.dropped["region-silent"] += 1
+                log.debug("tftp.dropped", client=client[0], reason="region-silent", filename=request.filename)
+                return
             self._refuse(client, local_address, refusal.reason.value, _REFUSAL_ERRORS[refusal.reason], refusal.message)
             return
         except Exception as error:  # a source's bug must not leave the client's slot taken
@@ -387,7 +392,7 @@ class TftpServer:
                 self._source.open(request.filename, requester), self._settings.open_timeout_s
             )
         except TimeoutError:
-            raise FileRefused(RefusalReason.UNAVAILABLE, "file source did not answer in time") from None
+            raise FileRefused(RefusalReason.REGION_SILENT, "file source did not answer in time") from None
         if request.mode != "netascii":
             return opened
         try:
