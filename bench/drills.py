@@ -72,7 +72,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--drills", default=",".join(d.value for d in Drill), help="comma-separated drill names")
     parser.add_argument("--fault-after", type=float, default=2.0, help="seconds into the storm")
     parser.add_argument("--outage", type=float, default=3.0, help="seconds a restarted part stays down")
-    parser.add_argument("--firmware", type=float, default=1.0, help="firmware seconds before DHCP")
+    parser.add_argument(
+        "--firmware", type=float, default=1.5, help="firmware seconds before DHCP (the fault lands mid-boot)"
+    )
     parser.add_argument("--seed", type=int, default=17)
     return parser.parse_args()
 

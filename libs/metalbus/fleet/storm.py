@@ -131,7 +131,9 @@ async def storm_site(
     region_replicas: int = 2,
     postgres_settings: dict[str, str] | None = None,
     in_flight: int = 64,
+    **stack_options: Any,
 ) -> AsyncIterator[StormSite]:
+    """``stack_options``: further StackSettings fields (ports, say); the rest comes from METALBUS_STACK_*."""
     layout = StackLayout(state_dir)
     write_boot_files(layout)
     subnet = IPv4Network(f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(32) * 8}.0/21")
@@ -143,6 +145,7 @@ async def storm_site(
             dhcp_interfaces=[link.rack_interface],
             region_replicas=region_replicas,
             postgres_settings=postgres_settings or {},
+            **stack_options,
         )
         await bring_up(settings)
         try:
