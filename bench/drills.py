@@ -21,10 +21,7 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
-import socket
 import sys
-import tempfile
 from pathlib import Path
 
 import httpx
@@ -35,18 +32,9 @@ from metalbus.fleet.machine import MachineOptions, MachineResult
 from metalbus.fleet.profiles import fleet_profiles
 from metalbus.fleet.storm import StormError, storm_site
 from metalbus.stack.launcher import StackError
+from storm_setup import private_stack_root
 
 DEADLINE_S = 240.0
-STACK_PORTS = (
-    "NATS_PORT", "NATS_MONITOR_PORT", "POSTGRES_PORT", "API_PORT", "TFTP_PORT", "RACK_HTTP_PORT",
-    "APT_PROXY_PORT", "DNS_PORT", "SYSLOG_PORT",
-)  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def one_drill(drill: Drill, count: int, seed: int, root: Path, args: argparse.Namespace) -> DrillResult:
@@ -79,10 +67,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def interrupted(signum: int, _: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     args = parse_args()
     count = args.count or (40 if args.quick else 200)
@@ -91,11 +75,7 @@ def main() -> int:
         print("bench/drills.py: needs root (namespace, veth, DHCP port 67, nftables)")
         print(f"drills with every machine READY and nothing lost: 0/{len(drills)} (goal {len(drills)}/{len(drills)})")
         return 1
-    signal.signal(signal.SIGTERM, interrupted)
-    os.environ.update({f"METALBUS_STACK_{name}": str(free_port()) for name in STACK_PORTS})
-    os.environ["METALBUS_STACK_METRICS_PORT_BASE"] = "0"
-    root = Path(tempfile.mkdtemp(prefix="bench-drills-", dir="/tmp"))
-    root.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data directory
+    root = private_stack_root("bench-drills-")
     header = (
         "| drill | machines | READY | FAILED | stuck | duplicate leases | lost results | inventory mismatches "
         "| calls sent again | fault at s | READY s after the fault |"

@@ -24,10 +24,7 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
-import socket
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,16 +37,13 @@ from metalbus.fleet.profiles import fleet_profiles
 from metalbus.fleet.report import percentile, render_table
 from metalbus.fleet.storm import StormError, commission_storm, create_machines, storm_checks, storm_site
 from metalbus.stack.launcher import StackError
+from storm_setup import private_stack_root
 
 GOAL_S = 60.0
 GOAL_COUNT = 1000
 DEADLINE_S = 300.0
 COMMISSION_IN_FLIGHT = 64
 TIMELINE_PERIOD_S = 5.0
-STACK_PORTS = (
-    "NATS_PORT", "NATS_MONITOR_PORT", "POSTGRES_PORT", "API_PORT", "TFTP_PORT", "RACK_HTTP_PORT",
-    "APT_PROXY_PORT", "DNS_PORT", "SYSLOG_PORT",
-)  # fmt: skip
 
 
 @dataclass
@@ -77,12 +71,6 @@ class RunFigures:
     def clean(self) -> bool:
         everything = self.ready == self.count and not self.mismatches and self.duplicates == 0
         return everything and self.ready_after_s is not None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def one_run(count: int, seed: int, root: Path, statements: bool) -> RunFigures:
@@ -179,10 +167,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def interrupted(signum: int, _: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     args = parse_args()
     counts = [int(n) for n in args.counts.split(",")] if args.counts else ([100] if args.quick else [100, 500, 1000])
@@ -190,11 +174,7 @@ def main() -> int:
         print("bench/fleet.py: needs root (namespace, veth, DHCP port 67)")
         print(f"{GOAL_COUNT} machines NEW -> READY: inf s (goal < {GOAL_S:g} s) short")
         return 1
-    signal.signal(signal.SIGTERM, interrupted)
-    os.environ.update({f"METALBUS_STACK_{name}": str(free_port()) for name in STACK_PORTS})
-    os.environ["METALBUS_STACK_METRICS_PORT_BASE"] = "0"
-    root = Path(tempfile.mkdtemp(prefix="bench-fleet-", dir="/tmp"))
-    root.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data directory
+    root = private_stack_root("bench-fleet-")
     results: list[RunFigures] = []
     try:
         for count in counts:
