@@ -41,7 +41,7 @@ from metalbus.fleet.network import FleetNetwork
 from metalbus.fleet.packet_transport import ReceivedReply
 from metalbus.fleet.profiles import MachineProfile
 from metalbus.fleet.syslog_sender import SyslogSender
-from metalbus.fleet.tftp_fetch import tftp_fetch
+from metalbus.fleet.tftp_fetch import PXELINUX_TFTP_TIMEOUTS_S, tftp_fetch
 
 T = TypeVar("T")
 STEPS = ("dhcp", "tftp", "http", "metadata", "results", "signal")
@@ -59,8 +59,8 @@ class MachineResult(StrEnum):
 @dataclass(frozen=True)
 class MachineOptions:
     dhcp_policy: RetransmitPolicy = field(default_factory=RetransmitPolicy)
-    tftp_timeout_s: float = 1.0
-    tftp_retries: int = 5
+    tftp_timeouts_s: tuple[float, ...] = PXELINUX_TFTP_TIMEOUTS_S
+    """Seconds to wait for the server before each resend, then before giving up."""
     http_timeout_s: float = 30.0
     metadata_retry_scale: float = 1.0
     stay_on_s: float = 0.0
@@ -209,8 +209,7 @@ class VirtualMachine:
             self.outcome.address,
             (server, self.network.tftp_port),
             path,
-            timeout_s=self.options.tftp_timeout_s,
-            retries=self.options.tftp_retries,
+            timeouts_s=self.options.tftp_timeouts_s,
         )
 
     async def _fetch_images(self, instructions: BootInstructions) -> None:

@@ -33,6 +33,7 @@ CLIENT_PORT, SERVER_PORT = 68, 67
 IP_PROTOCOL_UDP = 17
 MAX_FRAME = 65535
 QUEUE_LIMIT = 64
+ANNOUNCEMENTS = 3
 RECEIVE_BUFFER_BYTES = 4 << 20
 SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
@@ -152,7 +153,12 @@ class PacketTransport:
         self._send(frame)
 
     def announce(self, address: IPv4Address) -> None:
-        self._send(gratuitous_arp(self.mac, address))
+        """Gratuitous ARP, ``ANNOUNCEMENTS`` times: the rack's neighbour entry for the address names the machine's
+        own MAC (rack-dhcp set it for the reply) and must be moved to the interface's, or the namespace's kernel
+        never sees what the rack sends there; one lost announcement (a lossy link) would strand the machine."""
+        frame = gratuitous_arp(self.mac, address)
+        for _ in range(ANNOUNCEMENTS):
+            self._send(frame)
 
     def close(self) -> None:
         self._loop.remove_reader(self._socket.fileno())

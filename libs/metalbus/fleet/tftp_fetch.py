@@ -3,13 +3,14 @@
 Real UDP from the machine's own address (a socket made in the fleet's namespace and bound there). The server
 answers from a new port (its transfer id) with an OACK (options taken: ACK block 0) or straight with DATA block 1
 (no options: 512-byte blocks); every DATA is acknowledged; a block shorter than the block size ends the file. A
-lost packet is sent again after ``timeout_s`` (the RRQ or the last ACK), at most ``retries`` times in a row.
+lost packet (the RRQ or the last ACK) is sent again after each of a growing series of waits, as PXE loaders do.
 Duplicates of a block already acknowledged are acknowledged again (the server lost our ACK) and not kept twice.
 """
 
 import asyncio
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
@@ -24,6 +25,11 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 
 class TftpError(Exception):
     """The server refused (ERROR packet) or stopped answering."""
+
+
+PXELINUX_TFTP_TIMEOUTS_S = (1.0, 1.0, 2.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
+"""How long PXE loaders wait before sending their last packet again, growing, about 40 s in all (pxelinux's
+timeout table has the same shape); a fixed short wait gives up on a lossy link where firmware would not."""
 
 
 @dataclass
@@ -83,15 +89,15 @@ async def tftp_fetch(
     server: tuple[IPv4Address, int],
     path: str,
     *,
-    timeout_s: float = 1.0,
-    retries: int = 5,
+    timeouts_s: Sequence[float] = PXELINUX_TFTP_TIMEOUTS_S,
 ) -> bytes:
-    """The whole file ``path`` from ``server`` (address, port), asked from ``local_address``."""
+    """The whole file ``path`` from ``server`` (address, port), asked from ``local_address``; after each silence
+    of the next of ``timeouts_s`` the last packet is sent again, after the last one the fetch fails."""
     sock = namespace.open_socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((str(local_address), 0))
     transport, inbox = await asyncio.get_running_loop().create_datagram_endpoint(_Inbox, sock=sock)
     try:
-        return await _run_transfer(transport, inbox, (str(server[0]), server[1]), path, timeout_s, retries)
+        return await _run_transfer(transport, inbox, (str(server[0]), server[1]), path, timeouts_s)
     finally:
         transport.close()
 
@@ -101,8 +107,7 @@ async def _run_transfer(
     inbox: _Inbox,
     server: tuple[str, int],
     path: str,
-    timeout_s: float,
-    retries: int,
+    timeouts_s: Sequence[float],
 ) -> bytes:
     transfer, peer = TftpTransfer(), None
     last_sent, last_destination = read_request(path, FIRMWARE_BLOCK_SIZE), server
@@ -110,11 +115,12 @@ async def _run_transfer(
     misses = 0
     while not transfer.done:
         try:
-            packet, source = await asyncio.wait_for(inbox.packets.get(), timeout_s)
+            packet, source = await asyncio.wait_for(inbox.packets.get(), timeouts_s[min(misses, len(timeouts_s) - 1)])
         except TimeoutError:
             misses += 1
-            if misses > retries:
-                raise TftpError(f"no answer from {server[0]}:{server[1]} for {path} after {retries} retries") from None
+            if misses >= len(timeouts_s):
+                silence = f"{sum(timeouts_s):g} s"
+                raise TftpError(f"no answer from {server[0]}:{server[1]} for {path} in {silence}") from None
             transport.sendto(last_sent, last_destination)
             continue
         if source[0] != server[0] or (peer is not None and source != peer):
