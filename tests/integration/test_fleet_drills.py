@@ -59,7 +59,7 @@ async def test_a_boot_storm_ends_with_every_machine_ready_and_nothing_lost_whate
         result = await run_drill(site, drill, fault_after_s=FAULT_AFTER_S, outage_s=OUTAGE_S, deadline_s=DEADLINE_S)
 
     ready_before_fault = sum(1 for moment in result.run.ready_at if moment <= result.fault_at_s)
-    problems = [(o.profile.boot_mac, o.step, o.error) for o in result.checks.outcomes if o.error]
+    problems = [(o.profile.boot_mac, o.result, o.step, o.error) for o in result.checks.outcomes if o.result != "ready"]
     assert ready_before_fault < MACHINES, "the fault came after the storm: it tested nothing"
     assert result.run.statuses.get("ready") == MACHINES, (result.run.statuses, problems)
     assert [o.result for o in result.checks.outcomes] == [MachineResult.READY] * MACHINES, problems

@@ -44,6 +44,7 @@ KERNEL_BYTES, INITRD_BYTES = 256 * 1024, 1024 * 1024
 CREATE_IN_FLIGHT = 16
 POLL_S = 0.25
 CALL_RETRY_S = 1.0
+MACHINES_SETTLE_S = 60.0
 SETTLED = frozenset({"ready", "failed_commissioning", "broken"})
 
 
@@ -265,8 +266,9 @@ async def status_counts(client: httpx.AsyncClient) -> dict[str, int]:
 
 
 async def storm_checks(site: StormSite, system_ids: list[str]) -> StormChecks:
-    """What the region stored against what the machines did."""
-    await site.bmcs.wait_until_every_machine_booted(10)
+    """What the region stored against what the machines did. The region may be done before a machine is: one whose
+    last answer was lost (a restart mid-request) is still retrying it, so the machines get ``MACHINES_SETTLE_S``."""
+    await site.bmcs.wait_until_every_machine_booted(MACHINES_SETTLE_S)
     outcomes = [last_boot(site.bmcs, profile) for profile in site.profiles]
 
     async def stored(system_id: str) -> HardwareInventory | None:
