@@ -115,6 +115,14 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         destroy_lab(state_dir)
 
 
+def serial_bytes(vm: VmRecord) -> int:
+    """What the VM wrote to its serial log so far; 0 before qemu has even made the file."""
+    try:
+        return vm.serial_log.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def eventually(probe: Callable[[], bool], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -222,9 +230,9 @@ def test_ipmitool_power_on_starts_the_vms_qemu_on_its_tap_and_power_off_stops_it
     assert f"tap,id=net0,ifname={vm.tap},script=no,downscript=no" in arguments
     assert f"e1000,netdev=net0,mac={vm.mac}" in arguments
     assert lab.ipmitool(vm, "chassis", "power", "status") == "Chassis Power is on"
-    assert eventually(lambda: vm.serial_log.stat().st_size > 0, POWER_TIMEOUT_S), "OVMF wrote nothing to serial"
-    size = vm.serial_log.stat().st_size
-    assert eventually(lambda: vm.serial_log.stat().st_size > size, BOOT_TRAFFIC_TIMEOUT_S), "the serial log froze"
+    assert eventually(lambda: serial_bytes(vm) > 0, POWER_TIMEOUT_S), "OVMF wrote nothing to serial"
+    size = serial_bytes(vm)
+    assert eventually(lambda: serial_bytes(vm) > size, BOOT_TRAFFIC_TIMEOUT_S), "the serial log froze"
 
     assert lab.ipmitool(vm, "chassis", "power", "off") == "Chassis Power Control: Down/Off"
 
