@@ -28,7 +28,7 @@ from aiohttp import web
 
 from metalbus.contracts.machines import PowerType
 from metalbus.fleet.enrolment import MachinePower
-from metalbus.fleet.machine import MachineOptions, MachineOutcome, VirtualMachine
+from metalbus.fleet.machine import MachineOptions, MachineOutcome, MachineResult, VirtualMachine
 from metalbus.fleet.network import FleetNetwork
 from metalbus.fleet.profiles import MachineProfile
 
@@ -144,6 +144,16 @@ class SimulatedBmcs:
         if self.address:
             with contextlib.suppress(Exception):
                 await self._network.namespace.remove_address(self._network.interface, self.address)
+
+    def latest_outcome(self, profile: MachineProfile) -> MachineOutcome:
+        """The machine's latest network boot: still under way (stuck in its current step), ended, or none at all
+        (stuck "never powered on")."""
+        system = self.systems[system_key(profile)]
+        if system.powered and system.machine is not None:
+            return system.machine.outcome
+        if system.outcomes:
+            return system.outcomes[-1]
+        return MachineOutcome(profile, MachineResult.STUCK, step="never powered on")
 
     async def wait_until_every_machine_booted(self, timeout_s: float) -> bool:
         """True once every machine has finished at least one network boot (and none is still on), within the

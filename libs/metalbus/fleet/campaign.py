@@ -16,7 +16,7 @@ from metalbus.bus import Bus
 from metalbus.contracts.errors import MetalbusError
 from metalbus.contracts.machines import Machine, MachineStatus
 from metalbus.contracts.metadata import HardwareInventory
-from metalbus.fleet.bmc import SimulatedBmcs, system_key
+from metalbus.fleet.bmc import SimulatedBmcs
 from metalbus.fleet.enrolment import (
     commission_machines,
     create_machines,
@@ -72,16 +72,8 @@ async def commission_fleet_through_bmcs(
     started = time.monotonic()
     await commission_machines(bus, created)
     await bmcs.wait_until_every_machine_booted(max(deadline_s - (time.monotonic() - started), 0.0))
-    outcomes = [_last_boot(bmcs, profile) for profile in profiles]
+    outcomes = [bmcs.latest_outcome(profile) for profile in profiles]
     return await region_view(bus, profiles, created, FleetRun(outcomes, time.monotonic() - started))
-
-
-def _last_boot(bmcs: SimulatedBmcs, profile: MachineProfile) -> MachineOutcome:
-    """The machine's latest network boot; a machine never powered on is stuck "off"."""
-    system = bmcs.systems[system_key(profile)]
-    if system.powered and system.machine is not None:
-        return system.machine.outcome  # still booting: stuck in its current step
-    return system.outcomes[-1] if system.outcomes else MachineOutcome(profile, MachineResult.STUCK, step="off")
 
 
 async def region_view(

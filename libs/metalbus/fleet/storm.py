@@ -27,7 +27,7 @@ import httpx
 
 from metalbus.cli.admin import request_key, stack_connect_options
 from metalbus.contracts.metadata import HardwareInventory
-from metalbus.fleet.bmc import BmcCredentials, SimulatedBmcs, system_key
+from metalbus.fleet.bmc import BmcCredentials, SimulatedBmcs
 from metalbus.fleet.machine import MachineOptions, MachineOutcome, MachineResult
 from metalbus.fleet.netns import NetworkNamespace
 from metalbus.fleet.network import FleetNetwork, fleet_network
@@ -269,7 +269,7 @@ async def storm_checks(site: StormSite, system_ids: list[str]) -> StormChecks:
     """What the region stored against what the machines did. The region may be done before a machine is: one whose
     last answer was lost (a restart mid-request) is still retrying it, so the machines get ``MACHINES_SETTLE_S``."""
     await site.bmcs.wait_until_every_machine_booted(MACHINES_SETTLE_S)
-    outcomes = [last_boot(site.bmcs, profile) for profile in site.profiles]
+    outcomes = [site.bmcs.latest_outcome(profile) for profile in site.profiles]
 
     async def stored(system_id: str) -> HardwareInventory | None:
         answer = await call(site.client, "GET", f"/machines/{system_id}/inventory", ok=(404,))
@@ -283,15 +283,6 @@ async def storm_checks(site: StormSite, system_ids: list[str]) -> StormChecks:
     lost = sorted(mac for mac in signalled if mac not in stored_by_mac)
     mismatches = sorted(set(inventory_mismatches(reported, stored_by_mac)) | never_reported)
     return StormChecks(outcomes, mismatches, lost, await duplicate_leases(site.state_dir))
-
-
-def last_boot(bmcs: SimulatedBmcs, profile: MachineProfile) -> MachineOutcome:
-    system = bmcs.systems[system_key(profile)]
-    if system.powered and system.machine is not None:
-        return system.machine.outcome
-    if system.outcomes:
-        return system.outcomes[-1]
-    return MachineOutcome(profile, MachineResult.STUCK, step="never powered on")
 
 
 async def database(state_dir: Path) -> asyncpg.Connection:
