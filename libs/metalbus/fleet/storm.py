@@ -16,11 +16,11 @@ import contextlib
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import httpx
@@ -28,6 +28,7 @@ import httpx
 from metalbus.cli.admin import request_key, stack_connect_options
 from metalbus.contracts.metadata import HardwareInventory
 from metalbus.fleet.bmc import BmcCredentials, SimulatedBmcs
+from metalbus.fleet.enrolment import bounded_map
 from metalbus.fleet.machine import MachineOptions, MachineOutcome, MachineResult
 from metalbus.fleet.netns import NetworkNamespace
 from metalbus.fleet.network import FleetNetwork, fleet_network
@@ -37,8 +38,6 @@ from metalbus.fleet.veth import fleet_link
 from metalbus.stack.config import StackLayout, StackSettings
 from metalbus.stack.launcher import StackError, bring_down, bring_up, recorded_stack
 
-T = TypeVar("T")
-U = TypeVar("U")
 IMAGE_DIR = "images/amd64/ephemeral"
 KERNEL_BYTES, INITRD_BYTES = 256 * 1024, 1024 * 1024
 CREATE_IN_FLIGHT = 16
@@ -104,16 +103,6 @@ def write_boot_files(layout: StackLayout) -> None:
     (layout.boot_root / "bootx64.efi").write_bytes(os.urandom(60 * 1024))
     (images / "vmlinuz").write_bytes(os.urandom(KERNEL_BYTES))
     (images / "initrd.img").write_bytes(os.urandom(INITRD_BYTES))
-
-
-async def bounded(work: Callable[[T], Awaitable[U]], items: Sequence[T], parallel: int) -> list[U]:
-    gate = asyncio.Semaphore(max(parallel, 1))
-
-    async def one(item: T) -> U:
-        async with gate:
-            return await work(item)
-
-    return list(await asyncio.gather(*(one(item) for item in items)))
 
 
 async def call(client: httpx.AsyncClient, method: str, path: str, body: Any = None, ok: tuple[int, ...] = ()) -> Any:
@@ -208,7 +197,7 @@ async def create_machines(site: StormSite) -> list[str]:
         }  # fmt: skip
         return str((await call(site.client, "POST", "/machines", body))["system_id"])
 
-    return await bounded(create, site.profiles, CREATE_IN_FLIGHT)
+    return await bounded_map(create, site.profiles, CREATE_IN_FLIGHT)
 
 
 async def commission_storm(
@@ -239,7 +228,7 @@ async def commission_storm(
         run.commission_call_s.append(time.monotonic() - sent)
         run.commission_done_at.append(time.monotonic() - began)
 
-    calls = asyncio.create_task(bounded(commission, system_ids, in_flight))
+    calls = asyncio.create_task(bounded_map(commission, system_ids, in_flight))
     try:
         while time.monotonic() - began < deadline_s:
             await asyncio.sleep(POLL_S)
@@ -275,7 +264,7 @@ async def storm_checks(site: StormSite, system_ids: list[str]) -> StormChecks:
         answer = await call(site.client, "GET", f"/machines/{system_id}/inventory", ok=(404,))
         return HardwareInventory.model_validate(answer) if answer and "cpu_count" in answer else None
 
-    inventories = await bounded(stored, system_ids, CREATE_IN_FLIGHT)
+    inventories = await bounded_map(stored, system_ids, CREATE_IN_FLIGHT)
     reported = {o.profile.boot_mac: o.reported for o in outcomes if o.reported is not None}
     stored_by_mac = {p.boot_mac: i for p, i in zip(site.profiles, inventories, strict=True) if i is not None}
     never_reported = {p.boot_mac for p in site.profiles if p.boot_mac not in reported}
