@@ -23,7 +23,8 @@ from pathlib import Path
 
 from metalbus.fleet.storm import StormChecks, StormRun, StormSite, commission_storm, create_machines, storm_checks
 from metalbus.stack.components import stack_components
-from metalbus.stack.launcher import StackError, launch, pid_file_for, recorded_stack
+from metalbus.stack.launcher import StackError, launch, log_file_for, pid_file_for, recorded_stack, wait_ready
+from metalbus.stack.probes import Probes
 from metalbus.stack.processes import running_identity, stop_process
 
 NFT_TIMEOUT_S = 10.0
@@ -117,26 +118,9 @@ async def outage(state_dir: Path, name: str, outage_s: float) -> None:
     component = next(c for c in stack_components(settings, layout, cluster) if c.name == name)
     await asyncio.to_thread(stop_process, pid_file_for(component, layout, cluster), stop_signal=component.stop_signal)
     await asyncio.sleep(outage_s)
-    launch(component, layout, cluster)
-    if name == "postgres":
-        await cluster.wait_ready()
-    else:
-        await _port_open(settings.host, settings.nats_port, timeout_s=30)
-
-
-async def _port_open(host: str, port: int, *, timeout_s: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        try:
-            _, writer = await asyncio.open_connection(host, port)
-        except OSError:
-            if loop.time() > deadline:
-                raise StackError(f"nothing listens on {host}:{port} after {timeout_s:g} s") from None
-            await asyncio.sleep(0.1)
-            continue
-        writer.close()
-        return
+    child = launch(component, layout, cluster)
+    log = log_file_for(component, layout, cluster)
+    await wait_ready(component, child, Probes(settings, cluster), settings.ready_timeout_s, log)  # as `up` waits
 
 
 def _loss_table(interface: str) -> str:
