@@ -207,10 +207,10 @@ async def _repeated_final_signal(conn: DbConnection, signal: MetadataSignal) -> 
     """The outcome to answer again when ``signal`` repeats the final signal that just ended commissioning."""
     if signal.status not in FINAL_STATUSES:
         return None
-    system_id = await machine_whose_run_this_token_ended(conn, signal.credentials, within_s=REPEATED_SIGNAL_GRACE_S)
-    if system_id is None:
+    ended = await machine_whose_run_this_token_ended(conn, signal.credentials, within_s=REPEATED_SIGNAL_GRACE_S)
+    if ended is None:
         return None
-    status = MachineStatus(await conn.fetchval("SELECT status FROM machines WHERE system_id = $1", system_id))
+    system_id, status = ended
     return SignalOutcome(system_id, status) if status is OUTCOME_OF[signal.status] else None
 
 

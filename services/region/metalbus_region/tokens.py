@@ -9,7 +9,10 @@ import hmac
 import secrets
 from datetime import datetime
 
+from asyncpg import Record
+
 from metalbus.contracts.errors import Forbidden
+from metalbus.contracts.machines import MachineStatus
 from metalbus.contracts.metadata import OAuthCredentials
 from metalbus.db.pool import DbConnection
 
@@ -46,14 +49,16 @@ async def machine_for_token(conn: DbConnection, credentials: OAuthCredentials) -
         """,
         credentials.token_key,
     )
-    if (
-        row is None
-        or not hmac.compare_digest(row["token_secret"], credentials.token_secret)
-        or not hmac.compare_digest(row["consumer_key"], credentials.consumer_key)
-        or not row["valid"]
-    ):
+    if row is None or not _secrets_match(row, credentials) or not row["valid"]:
         raise Forbidden("metadata credentials are not valid")
     return str(row["system_id"])
+
+
+def _secrets_match(row: Record, credentials: OAuthCredentials) -> bool:
+    """The token row's secret and consumer key are the credentials' (compared in constant time)."""
+    return hmac.compare_digest(row["token_secret"], credentials.token_secret) and hmac.compare_digest(
+        row["consumer_key"], credentials.consumer_key
+    )
 
 
 async def current_token(conn: DbConnection, system_id: str) -> OAuthCredentials | None:
@@ -75,12 +80,13 @@ async def current_token(conn: DbConnection, system_id: str) -> OAuthCredentials 
 
 async def machine_whose_run_this_token_ended(
     conn: DbConnection, credentials: OAuthCredentials, *, within_s: float
-) -> str | None:
-    """The machine whose commissioning ended (token revoked in that very transition, no later change of status)
-    at most ``within_s`` ago with these credentials: a final signal sent again after its answer was lost."""
+) -> tuple[str, MachineStatus] | None:
+    """The machine (and the status it ended in) whose commissioning ended at most ``within_s`` ago with these
+    credentials, the token revoked in that very transition and no later change of status: a final signal sent
+    again after its answer was lost."""
     row = await conn.fetchrow(
         """
-        SELECT t.system_id, t.consumer_key, t.token_secret
+        SELECT t.system_id, t.consumer_key, t.token_secret, m.status
           FROM metadata_tokens t JOIN machines m ON m.system_id = t.system_id
          WHERE t.token_key = $1 AND t.revoked_at = m.status_changed_at
            AND t.revoked_at > now() - make_interval(secs => $2)
@@ -88,13 +94,9 @@ async def machine_whose_run_this_token_ended(
         credentials.token_key,
         within_s,
     )
-    if (
-        row is None
-        or not hmac.compare_digest(row["token_secret"], credentials.token_secret)
-        or not hmac.compare_digest(row["consumer_key"], credentials.consumer_key)
-    ):
+    if row is None or not _secrets_match(row, credentials):
         return None
-    return str(row["system_id"])
+    return str(row["system_id"]), MachineStatus(row["status"])
 
 
 async def revoke_tokens(conn: DbConnection, system_id: str) -> None:
