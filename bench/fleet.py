@@ -35,7 +35,15 @@ from metalbus.fleet.dhcp_client import RetransmitPolicy
 from metalbus.fleet.machine import MachineOptions, MachineOutcome
 from metalbus.fleet.profiles import fleet_profiles
 from metalbus.fleet.report import percentile, render_table
-from metalbus.fleet.storm import StormError, commission_storm, create_machines, storm_checks, storm_site
+from metalbus.fleet.storm import (
+    StormChecks,
+    StormError,
+    StormRun,
+    commission_storm,
+    create_machines,
+    storm_checks,
+    storm_site,
+)
 from metalbus.stack.launcher import StackError
 from storm_setup import private_stack_root
 
@@ -48,29 +56,29 @@ TIMELINE_PERIOD_S = 5.0
 
 @dataclass
 class RunFigures:
+    """One storm: what the storm and its checks found (the library's own records), and what this bench adds."""
+
     count: int
-    ready_after_s: float | None = None
-    ready: int = 0
-    failed: int = 0
-    outcomes: list[MachineOutcome] = field(default_factory=list)
-    mismatches: list[str] = field(default_factory=list)
-    duplicates: int = -1
-    commission_call_s: list[float] = field(default_factory=list)
-    commission_done_at: list[float] = field(default_factory=list)
-    ready_at: list[float] = field(default_factory=list)
+    run: StormRun | None = None
+    checks: StormChecks | None = None
     rows: dict[str, int] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     statements: list[str] = field(default_factory=list)
     error: str | None = None
 
     @property
-    def timeline(self) -> bool:
-        return bool(self.usage.timeline)
+    def ready_after_s(self) -> float | None:
+        return self.run.ready_after_s if self.run is not None else None
+
+    @property
+    def outcomes(self) -> list[MachineOutcome]:
+        return self.checks.outcomes if self.checks is not None else []
 
     @property
     def clean(self) -> bool:
-        everything = self.ready == self.count and not self.mismatches and self.duplicates == 0
-        return everything and self.ready_after_s is not None
+        if self.run is None or self.checks is None or self.run.ready_after_s is None:
+            return False
+        return self.run.ready == self.count and not self.checks.mismatches and self.checks.duplicate_leases == 0
 
 
 async def one_run(count: int, seed: int, root: Path, statements: bool) -> RunFigures:
@@ -86,12 +94,7 @@ async def one_run(count: int, seed: int, root: Path, statements: bool) -> RunFig
         system_ids = await create_machines(site)
         async with sampled_usage(state_dir) as usage:
             run = await commission_storm(site, system_ids, deadline_s=DEADLINE_S, in_flight=COMMISSION_IN_FLIGHT)
-        checks = await storm_checks(site, system_ids)
-        figures.usage, figures.ready_after_s, figures.ready = usage, run.ready_after_s, run.ready
-        figures.failed = run.statuses.get("failed_commissioning", 0)
-        figures.commission_call_s, figures.commission_done_at = run.commission_call_s, run.commission_done_at
-        figures.ready_at, figures.outcomes = run.ready_at, checks.outcomes
-        figures.mismatches, figures.duplicates = checks.mismatches, checks.duplicate_leases
+        figures.run, figures.checks, figures.usage = run, await storm_checks(site, system_ids), usage
         figures.rows = await table_rows(state_dir)
         if statements:
             figures.statements = await top_statements(state_dir)
@@ -99,38 +102,38 @@ async def one_run(count: int, seed: int, root: Path, statements: bool) -> RunFig
 
 
 def print_run(figures: RunFigures) -> None:
-    took = f"{figures.ready_after_s:.1f} s" if figures.ready_after_s is not None else "not all READY"
-    print(f"\n== {figures.count} machines: {took} (READY {figures.ready}, FAILED {figures.failed}) ==")
-    if figures.error:
-        print(f"  failed: {figures.error}")
+    run, checks = figures.run, figures.checks
+    if figures.error or run is None or checks is None:
+        print(f"\n== {figures.count} machines: failed: {figures.error} ==")
         return
-    elapsed = figures.ready_after_s or DEADLINE_S
-    print(render_table(figures.outcomes, elapsed, figures.mismatches))
-    calls = figures.commission_call_s
+    took = f"{run.ready_after_s:.1f} s" if run.ready_after_s is not None else "not all READY"
+    failed = run.statuses.get("failed_commissioning", 0)
+    print(f"\n== {figures.count} machines: {took} (READY {run.ready}, FAILED {failed}) ==")
+    print(render_table(checks.outcomes, run.ready_after_s or DEADLINE_S, checks.mismatches))
+    calls = run.commission_call_s
     print(f"commission calls: p50 {percentile(calls, 0.5) * 1000:.0f} ms, p95 {percentile(calls, 0.95) * 1000:.0f} ms")
-    print(f"leases on one address for two machines: {figures.duplicates}")
+    print(f"leases on one address for two machines: {checks.duplicate_leases}")
     print("rows: " + ", ".join(f"{table} {rows}" for table, rows in figures.rows.items()))
     print(f"{'component':<12} {'CPU s':>7} {'peak RSS MiB':>13}")
     for component in figures.usage.components:
         print(f"{component.name:<12} {component.cpu_s:>7.1f} {component.peak_rss_mib:>13.0f}")
     print(f"{'fleet':<12} {figures.usage.fleet_cpu_s:>7.1f} {figures.usage.fleet_peak_rss_mib:>13.0f}")
-    if figures.timeline:
-        print_timeline(figures)
+    print_timeline(figures.usage, run)
     if figures.statements:
         print("PostgreSQL statements by total time:")
         print("\n".join(figures.statements))
 
 
-def print_timeline(figures: RunFigures) -> None:
+def print_timeline(usage: Usage, run: StormRun) -> None:
     """Per period: commission calls answered, machines READY, and each component's share of a core."""
-    shares = figures.usage.cpu_share_by_period(TIMELINE_PERIOD_S)
+    shares = usage.cpu_share_by_period(TIMELINE_PERIOD_S)
     if not shares:
         return
     names = list(shares[0][1])
     print("\n" + f"{'s':>5} {'calls':>6} {'READY':>6} " + " ".join(f"{name[:9]:>9}" for name in names))
     for moment, share in shares:
-        calls = sum(1 for done in figures.commission_done_at if done <= moment)
-        ready = sum(1 for done in figures.ready_at if done <= moment)
+        calls = sum(1 for done in run.commission_done_at if done <= moment)
+        ready = sum(1 for done in run.ready_at if done <= moment)
         print(f"{moment:>5.0f} {calls:>6} {ready:>6} " + " ".join(f"{share[name]:>9.2f}" for name in names))
 
 
@@ -141,8 +144,11 @@ def summary(results: list[RunFigures]) -> list[str]:
         dhcp = [o.timings["dhcp"] for o in figures.outcomes if "dhcp" in o.timings]
         results_s = [o.timings["results"] for o in figures.outcomes if "results" in o.timings]
         took = f"{figures.ready_after_s:.1f}" if figures.ready_after_s is not None else "-"
+        ready = figures.run.ready if figures.run else 0
+        mismatches = len(figures.checks.mismatches) if figures.checks else "-"
+        duplicates = figures.checks.duplicate_leases if figures.checks else "-"
         lines.append(
-            f"| {figures.count} | {took} | {figures.ready} | {len(figures.mismatches)} | {figures.duplicates} "
+            f"| {figures.count} | {took} | {ready} | {mismatches} | {duplicates} "
             f"| {percentile(dhcp, 0.95) * 1000:.0f} | {percentile(results_s, 0.95) * 1000:.0f} |"
         )
     return lines
