@@ -61,8 +61,9 @@ from dhcp_servers import (
 from metalbus.bus import Bus, ConnectOptions
 from metalbus.contracts.leases import SubnetCreate
 from metalbus.stack.postgres import ROLE
-from metalbus.stack.processes import running_identity, start_detached
+from metalbus.stack.processes import read_pid_file, running_identity, start_detached
 from metalbus.subjects import SUBNET_CREATE
+from process_cpu import Group, measure_cpu
 from region_leases import Infrastructure, _sigterm_as_exit, infrastructure, wait_until_ready
 
 RACK_DHCP = "rack-dhcp"
@@ -159,7 +160,9 @@ def measure_process(infra: Infrastructure, link: Link, name: str, launch: Launch
         if problem is not None:
             tail = log_file.read_text(errors="replace").strip().splitlines()[-3:]
             return Result(name, skipped=f"{problem}; log: {' | '.join(tail)}")
-        return ladder(link, name, args)
+        for rate in args.cpu:
+            cpu_breakdown(link, cpu_groups(infra, name, pid_file), rate, args)
+        return Result(name) if args.cpu_only else ladder(link, name, args)
     finally:
         infra.owned.stop(pid_file)
 
@@ -187,6 +190,49 @@ def kea_postgres_server(infra: Infrastructure) -> ThirdParty:
     if server.missing() is None:
         kea_admin_db_init(access)
     return server
+
+
+# -- where the CPU goes ---------------------------------------------------------------------------------------
+def cpu_groups(infra: Infrastructure, name: str, pid_file: Path) -> list[Group]:
+    """The server under test, and every process of the shared infrastructure that is running: the region (it
+    serves rack-dhcp only, idle otherwise), nats-server, PostgreSQL's backends and its other processes."""
+    groups = []
+    for group_name, path in (
+        (name, pid_file),
+        ("region", infra.root / "region.pid-identity"),
+        ("nats-server", infra.root / "nats.pid"),
+    ):
+        identity = running_identity(path)
+        if identity is not None:
+            groups.append(Group(group_name, identity.pid))
+    postmaster = read_pid_file(infra.cluster.pid_file)
+    if postmaster is not None:
+        groups.append(Group("postgres backends", postmaster.pid, children=True, which=is_postgres_backend))
+        groups.append(
+            Group("postgres others", postmaster.pid, children=True, which=lambda c: not is_postgres_backend(c))
+        )
+    return groups
+
+
+def is_postgres_backend(command_line: str) -> bool:
+    """A client connection's process titles itself ``postgres: <user> <database> <host>(<port>) <state>``."""
+    return command_line.startswith("postgres: ") and ("(" in command_line or "[local]" in command_line)
+
+
+def cpu_breakdown(link: Link, groups: list[Group], rate: int, args: argparse.Namespace) -> None:
+    """One ``--cpu-seconds`` perfdhcp run at ``rate``: CPU seconds of each group per 1,000 completed DORA."""
+    measured, use = measure_cpu(groups, lambda: perfdhcp(link, rate, args.clients, args.cpu_seconds), args.cpu_seconds)
+    thousands = measured.exchanges_per_s * measured.seconds / 1000
+    print(
+        f"  CPU at offered {rate:,}/s for {args.cpu_seconds} s: {measured.exchanges_per_s:,.0f} DORA/s, "
+        f"{measured.drops} drops of {measured.sent}",
+        flush=True,
+    )
+    print(f"    {'process':<20}{'CPU-s':>8}{'% core':>8}{'CPU-s/1k DORA':>15}")
+    for name, seconds in use.seconds.items():
+        per_thousand = f"{seconds / thousands:.3f}" if thousands else "-"
+        label = "perfdhcp" if name == "workload" else name
+        print(f"    {label:<20}{seconds:>8.2f}{100 * seconds / use.wall_s:>8.0f}{per_thousand:>15}", flush=True)
 
 
 # -- rack-dhcp with the region ------------------------------------------------------------------------------
@@ -291,6 +337,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--start-rate", type=int, help="first offered DORA/s (default 250, quick 500)")
     parser.add_argument("--max-rate", type=int, default=32000, help="highest offered DORA/s of the ladder")
     parser.add_argument("--refine", type=int, help="bisection steps after the ladder (default 2, quick 1)")
+    parser.add_argument(
+        "--cpu",
+        type=lambda text: [int(rate) for rate in text.split(",") if rate],
+        default=[],
+        help="comma-separated offered rates: before its ladder, each server gets one --cpu-seconds run per rate "
+        "with a CPU breakdown per process (server, region, nats-server, PostgreSQL, perfdhcp, rest of the host)",
+    )
+    parser.add_argument("--cpu-seconds", type=int, default=5, help="seconds of each --cpu run")
+    parser.add_argument("--cpu-only", action="store_true", help="only the --cpu runs, no ladder")
     parser.add_argument("--clients", type=int, default=3000, help=f"distinct client MACs (pool: {POOL_SIZE})")
     parser.add_argument(
         "--servers",
