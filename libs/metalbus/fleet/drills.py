@@ -4,7 +4,9 @@ with every machine READY, no address leased to two machines and no result lost.
 Each drill is one fault injected into a running stack (its state directory) and, where the fault is an outage,
 the repair that follows after ``outage_s``: kill -9 one region replica (the other carries on; nothing restarts
 it), stop nats-server and start it again (same store: JetStream keeps its streams), stop PostgreSQL and start it
-again (fast shutdown: sessions are cut), and lose 5 % of the frames in each direction on the rack's interface
+again (fast shutdown: sessions are cut), kill -9 the four services of one of the two racks serving the subnet
+(the site then has two; the machines' firmware boots from the network again after a failed boot), and lose 5 %
+of the frames in each direction on the rack's interface
 (nftables ``numgen random`` on the netdev ingress and egress hooks; this kernel has no sch_netem). ``run_drill``
 runs one storm with one drill and returns the storm, the checks and how long after the fault the last machine
 became READY.
@@ -36,6 +38,12 @@ class Drill(StrEnum):
     RESTART_NATS = "restart-nats"
     RESTART_POSTGRES = "restart-postgres"
     LOSE_PACKETS = "lose-5%-packets"
+    KILL_RACK = "kill-one-of-two-racks"
+
+    @property
+    def racks(self) -> int:
+        """How many racks serve the machines' subnet in this drill's site."""
+        return 2 if self is Drill.KILL_RACK else 1
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,8 @@ async def injected(site: StormSite, drill: Drill, outage_s: float) -> AsyncItera
             repair = asyncio.create_task(outage(site.state_dir, "postgres", outage_s))
         case Drill.LOSE_PACKETS:
             await lose_frames(site.rack_interface, percent=5)
+        case Drill.KILL_RACK:
+            kill_rack(site.state_dir, site.settings.rack_ids[-1])
     try:
         yield
     finally:
@@ -109,6 +119,14 @@ def kill_component(state_dir: Path, name: str) -> None:
     if identity is None:
         raise StackError(f"{name} is not running")
     os.kill(identity.pid, signal.SIGKILL)
+
+
+def kill_rack(state_dir: Path, rack_id: str) -> None:
+    """kill -9 every service of rack ``rack_id`` at once (its host stays up: connections to it are refused)."""
+    _, _, _, components = recorded_stack(state_dir)
+    for component in components:
+        if component.service is not None and component.rack_id == rack_id:
+            kill_component(state_dir, component.name)
 
 
 async def outage(state_dir: Path, name: str, outage_s: float) -> None:

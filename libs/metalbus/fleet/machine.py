@@ -67,6 +67,10 @@ class MachineOptions:
     """Seconds the machine stays on after its final signal (renewing its lease at T1) before it powers off."""
     firmware_s: float = 0.0
     """Seconds of power-on self test before the firmware's first DHCPDISCOVER (real servers take 10 s to minutes)."""
+    boot_attempts: int = 1
+    """Network boots tried from DHCP on before the machine gives up: server firmware set to retry PXE boots again
+    after a failed one, and an ephemeral environment that reboots when its rack stops answering (a rack that died
+    mid-boot: the next DISCOVER is answered by another rack on the subnet)."""
 
 
 @dataclass
@@ -83,6 +87,8 @@ class MachineOutcome:
     dhcp_sends: int = 0
     renewals: int = 0
     reported: HardwareInventory | None = None
+    failed_boots: list[str] = field(default_factory=list)
+    """Why each earlier network boot of this power-on failed (the last one's reason is ``error``)."""
 
 
 class VirtualMachine:
@@ -112,9 +118,18 @@ class VirtualMachine:
         try:
             self.outcome.step = "firmware"
             await asyncio.sleep(self.options.firmware_s)
-            lease = await self._timed("dhcp", self._lease(replies))
-            keeper = asyncio.create_task(self._keep_lease(replies))
-            await self._boot(lease)
+            for attempt in range(1, max(self.options.boot_attempts, 1) + 1):
+                try:
+                    lease = await self._timed("dhcp", self._lease(replies))
+                    keeper = asyncio.create_task(self._keep_lease(replies))
+                    await self._boot(lease)
+                    break
+                except Exception as error:  # the firmware boots from the network again (up to boot_attempts)
+                    if attempt >= self.options.boot_attempts:
+                        raise
+                    self.outcome.failed_boots.append(f"{self.outcome.step}: {type(error).__name__}: {error}")
+                    await self._stop_network_boot(keeper)
+                    keeper, self.outcome.address = None, None
             self.outcome.result, self.outcome.step = MachineResult.READY, "on"
             await asyncio.sleep(self.options.stay_on_s)
             self.outcome.step = "off"
@@ -252,13 +267,18 @@ class VirtualMachine:
         self.outcome.syslog_lines = self._syslog.sent
 
     async def _power_off(self, mac: bytes, keeper: asyncio.Task[None] | None) -> None:
+        await self._stop_network_boot(keeper)
+        self.network.transport.unsubscribe(mac)
+
+    async def _stop_network_boot(self, keeper: asyncio.Task[None] | None) -> None:
+        """What a reset ends: lease renewals, the syslog sender, the address (the DHCP client starts afresh)."""
         if keeper is not None:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
-        self.network.transport.unsubscribe(mac)
         if self._syslog is not None:
             self._syslog.close()
+            self._syslog = None
         if self.outcome.address is not None:
             await self.network.give_back(self.outcome.address)
 

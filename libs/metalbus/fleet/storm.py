@@ -34,8 +34,8 @@ from metalbus.fleet.netns import NetworkNamespace
 from metalbus.fleet.network import FleetNetwork, fleet_network
 from metalbus.fleet.profiles import MachineProfile
 from metalbus.fleet.report import inventory_mismatches
-from metalbus.fleet.veth import fleet_link
-from metalbus.stack.config import StackLayout, StackSettings
+from metalbus.fleet.veth import RackHost, fleet_link
+from metalbus.stack.config import ExtraRack, StackLayout, StackSettings
 from metalbus.stack.launcher import StackError, bring_down, bring_up, recorded_stack
 
 IMAGE_DIR = "images/amd64/ephemeral"
@@ -61,6 +61,8 @@ class StormSite:
     subnet: IPv4Network
     rack_interface: str
     namespace: NetworkNamespace
+    rack_hosts: list[RackHost] = field(default_factory=list)
+    """The further racks' namespaces (rack-2, …), on the machines' segment with the stack's own rack."""
 
     @property
     def state_dir(self) -> Path:
@@ -119,22 +121,30 @@ async def storm_site(
     options: MachineOptions,
     *,
     region_replicas: int = 2,
+    racks: int = 1,
     postgres_settings: dict[str, str] | None = None,
     in_flight: int = 64,
     **stack_options: Any,
 ) -> AsyncIterator[StormSite]:
-    """``stack_options``: further StackSettings fields (ports, say); the rest comes from METALBUS_STACK_*."""
+    """``stack_options``: further StackSettings fields (ports, say); the rest comes from METALBUS_STACK_*.
+    ``racks`` > 1: the further racks run in namespaces of their own on the machines' segment (rack-2 at .4, …)."""
     layout = StackLayout(state_dir)
     write_boot_files(layout)
     subnet = IPv4Network(f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(32) * 8}.0/21")
     hosts = list(subnet.hosts())
-    async with fleet_link(None, f"{hosts[1]}/{subnet.prefixlen}") as link:
+    further = [f"{hosts[2 + number]}/{subnet.prefixlen}" for number in range(1, racks)]
+    async with fleet_link(None, f"{hosts[1]}/{subnet.prefixlen}", further) as link:
+        extra_racks = [
+            ExtraRack(rack_id=f"rack-{number}", namespace=str(host.namespace.name), dhcp_interfaces=[host.interface])
+            for number, host in enumerate(link.rack_hosts, start=2)
+        ]
         settings = StackSettings(
             state_dir=state_dir,
             dhcp_port=67,
             dhcp_interfaces=[link.rack_interface],
             region_replicas=region_replicas,
             postgres_settings=postgres_settings or {},
+            extra_racks=extra_racks,
             **stack_options,
         )
         await bring_up(settings)
@@ -160,7 +170,15 @@ async def storm_site(
                 await bmcs.start(IPv4Interface(f"{hosts[2]}/{subnet.prefixlen}"))
                 try:
                     yield StormSite(
-                        settings, client, network, bmcs, profiles, subnet, link.rack_interface, link.namespace
+                        settings,
+                        client,
+                        network,
+                        bmcs,
+                        profiles,
+                        subnet,
+                        link.rack_interface,
+                        link.namespace,
+                        link.rack_hosts,
                     )
                 finally:
                     await bmcs.close()

@@ -20,6 +20,7 @@ class ReadyCheck(StrEnum):
     REGION_REPLICA = "region-replica"
     API = "api"
     RACK_SERVICE = "rack-service"
+    RELAY = "relay"
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,11 @@ class Component:
     env: dict[str, str] = field(default_factory=dict)
     ports: tuple[int, ...] = ()
     stop_signal: int = signal.SIGTERM
+    service: RackServiceKind | None = None
+    rack_id: str | None = None
+    """The rack a rack service or a relay belongs to."""
+    namespace: str | None = None
+    """The network namespace it runs in (an extra rack's); None: the stack's own."""
 
 
 def base_env() -> dict[str, str]:
@@ -57,8 +63,30 @@ def planned_components(settings: StackSettings) -> list[Component]:
     ]
     plan += [Component(f"region-{i}", ReadyCheck.REGION_REPLICA) for i in range(1, settings.region_replicas + 1)]
     plan.append(Component("api", ReadyCheck.API, ports=(settings.api_port,)))
-    plan += [Component(kind.value, ReadyCheck.RACK_SERVICE) for kind in RackServiceKind]
+    plan += [
+        Component(kind.value, ReadyCheck.RACK_SERVICE, service=kind, rack_id=settings.rack_id)
+        for kind in RackServiceKind
+    ]
+    for rack in settings.extra_racks:
+        plan.append(
+            Component(f"nats-relay@{rack.rack_id}", ReadyCheck.RELAY, rack_id=rack.rack_id, namespace=rack.namespace)
+        )
+        plan += [
+            Component(
+                f"{kind.value}@{rack.rack_id}",
+                ReadyCheck.RACK_SERVICE,
+                service=kind,
+                rack_id=rack.rack_id,
+                namespace=rack.namespace,
+            )
+            for kind in RackServiceKind
+        ]
     return plan
+
+
+def in_namespace(namespace: str | None, argv: tuple[str, ...]) -> tuple[str, ...]:
+    """``argv`` run inside ``namespace`` (``ip netns exec`` execs it: the pid stays the program's own)."""
+    return argv if namespace is None else ("ip", "netns", "exec", namespace, *argv)
 
 
 def rack_service_ports(settings: StackSettings, kind: RackServiceKind) -> dict[str, int]:
@@ -79,8 +107,9 @@ def stack_components(settings: StackSettings, layout: StackLayout, cluster: Post
     nats_url = f"nats://{settings.host}:{settings.nats_port}"
     secret = rack_secret(layout)
     replicas = [c.name for c in planned_components(settings) if c.check is ReadyCheck.REGION_REPLICA]
-    credentials = stack_nats_credentials(layout.nats_store, replicas, settings.rack_id)
+    credentials = stack_nats_credentials(layout.nats_store, replicas, settings.rack_ids)
     metrics_port_of = metrics_ports(settings)
+    extra_racks = {rack.rack_id: rack for rack in settings.extra_racks}
 
     def with_launch(component: Component) -> Component:
         match component.check:
@@ -114,26 +143,38 @@ def stack_components(settings: StackSettings, layout: StackLayout, cluster: Post
                 }
                 env |= nats_login_env("METALBUS_API_", credentials[API_USER])
                 return replace(component, argv=python_module("metalbus_api"), env=base_env() | env)
+            case ReadyCheck.RELAY:
+                assert component.namespace is not None
+                relay = ("--namespace", component.namespace, "--port", str(settings.nats_port))
+                argv = (*python_module("metalbus.stack.namespace_relay"), *relay, "--to-host", settings.host)
+                return replace(component, argv=argv, env=base_env())
             case ReadyCheck.RACK_SERVICE:
-                kind = RackServiceKind(component.name)
+                assert component.service is not None and component.rack_id is not None
+                kind, rack_id = component.service, component.rack_id
+                extra = extra_racks.get(rack_id)
                 prefix = "METALBUS_" + kind.value.upper().replace("-", "_") + "_"
+                # An extra rack reaches NATS through its relay, on its own namespace's loopback.
+                nats_host = settings.host if extra is None else "127.0.0.1"
                 env = {
-                    prefix + "NATS_URL": nats_url,
-                    prefix + "RACK_ID": settings.rack_id,
+                    prefix + "NATS_URL": f"nats://{nats_host}:{settings.nats_port}",
+                    prefix + "RACK_ID": rack_id,
                     prefix + "HEARTBEAT_INTERVAL_S": str(settings.heartbeat_interval_s),
                     prefix + "SHARED_SECRET": secret,
                     prefix + "METRICS_PORT": str(metrics_port_of.get(component.name, 0)),
                 }
                 env |= {prefix + name: str(port) for name, port in rack_service_ports(settings, kind).items()}
-                env |= nats_login_env(prefix, credentials[rack_user(settings.rack_id)])
+                env |= nats_login_env(prefix, credentials[rack_user(rack_id)])
                 if kind is RackServiceKind.DHCP:
-                    env[prefix + "SERVE_INTERFACES"] = json.dumps(settings.dhcp_interfaces)
+                    interfaces = settings.dhcp_interfaces if extra is None else extra.dhcp_interfaces
+                    env[prefix + "SERVE_INTERFACES"] = json.dumps(interfaces)
                 if kind is RackServiceKind.TFTP:
                     env[prefix + "BOOT_ROOT"] = str(layout.boot_root)
                 if kind is RackServiceKind.PROXY:
                     env[prefix + "SYSLOG_PORTS"] = json.dumps([settings.syslog_port])
-                    env[prefix + "APT_CACHE_DIR"] = str(layout.root / "apt-cache")
+                    cache = "apt-cache" if extra is None else f"apt-cache-{rack_id}"
+                    env[prefix + "APT_CACHE_DIR"] = str(layout.root / cache)
                 module = "metalbus_" + kind.value.replace("-", "_")
-                return replace(component, argv=python_module(module), env=base_env() | env)
+                argv = in_namespace(component.namespace, python_module(module))
+                return replace(component, argv=argv, env=base_env() | env)
 
     return [with_launch(component) for component in planned_components(settings)]

@@ -4,11 +4,22 @@ import json
 import secrets
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from metalbus.contracts.boot import RACK_HTTP_PORT
 from metalbus.contracts.racks import RACK_ID_PATTERN, RackServiceKind
+
+
+class ExtraRack(BaseModel):
+    """One more rack whose four services `up` starts inside the network namespace ``namespace`` (a second rack
+    host in a lab, or in a test). Its services reach the stack's NATS on that namespace's own loopback, through a
+    relay `up` starts with them (``nats-relay@<rack_id>``); their machine-facing ports are the stack's, in their
+    namespace; their metrics endpoints are off."""
+
+    rack_id: str = Field(pattern=RACK_ID_PATTERN)
+    namespace: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    dhcp_interfaces: list[str] = Field(default_factory=list)
 
 
 class StackSettings(BaseSettings):
@@ -46,6 +57,20 @@ class StackSettings(BaseSettings):
     postgres_settings: dict[str, str] = Field(
         default_factory=dict, description="Further PostgreSQL settings (JSON object in the environment)."
     )
+    extra_racks: list[ExtraRack] = Field(
+        default_factory=list, description="Further racks, each in a network namespace (JSON list in the environment)."
+    )
+
+    @model_validator(mode="after")
+    def _rack_ids_differ(self) -> "StackSettings":
+        if len(set(self.rack_ids)) != len(self.rack_ids):
+            raise ValueError(f"two racks of the stack have the same id: {self.rack_ids}")
+        return self
+
+    @property
+    def rack_ids(self) -> list[str]:
+        """Every rack of the stack: its own first, then the extra ones."""
+        return [self.rack_id, *(rack.rack_id for rack in self.extra_racks)]
 
 
 def metrics_ports(settings: StackSettings) -> dict[str, int]:

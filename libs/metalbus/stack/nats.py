@@ -48,12 +48,14 @@ def stack_auth_config(nats_store: Path) -> Path:
     return auth_config_file(stack_auth_dir(nats_store))
 
 
-def stack_nats_credentials(nats_store: Path, region_replicas: Sequence[str], rack_id: str) -> dict[str, Credential]:
+def stack_nats_credentials(
+    nats_store: Path, region_replicas: Sequence[str], rack_ids: Sequence[str]
+) -> dict[str, Credential]:
     """The embedded stack's users (made once, kept across `up`s) and its nats-server config.
 
     Clients that bring no credentials act as ``admin`` (``no_auth_user``): `metalbus admin create-key` and
     `metalbus demo` connect that way, and the embedded stack listens on the operator's own host."""
-    roles = Roles(region_replicas=tuple(region_replicas), rack_ids=(rack_id,), integrator=True)
+    roles = Roles(region_replicas=tuple(region_replicas), rack_ids=tuple(rack_ids), integrator=True)
     return write_nats_credentials(stack_auth_dir(nats_store), roles, no_auth_user=ADMIN_USER)
 
 

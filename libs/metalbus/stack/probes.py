@@ -1,5 +1,7 @@
 """Is a component healthy? One probe per kind of component, shared by `up` (waiting) and `status`."""
 
+import asyncio
+import socket
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -9,6 +11,7 @@ from metalbus.bus import Bus
 from metalbus.contracts.errors import MetalbusError
 from metalbus.contracts.health import ReplicaRollCall
 from metalbus.contracts.racks import RackListQuery, RackServiceKind
+from metalbus.fleet.netns import NamespaceError, NetworkNamespace
 from metalbus.stack.components import Component, ReadyCheck
 from metalbus.stack.config import StackSettings
 from metalbus.stack.postgres import ClusterError, PostgresCluster
@@ -43,8 +46,12 @@ class Probes:
                 case ReadyCheck.API:
                     return await self._api()
                 case ReadyCheck.RACK_SERVICE:
-                    return await self._rack_service(RackServiceKind(component.name))
-        except (httpx.HTTPError, MetalbusError, ClusterError, OSError, ValueError) as error:
+                    assert component.service is not None and component.rack_id is not None
+                    return await self._rack_service(component.rack_id, component.service)
+                case ReadyCheck.RELAY:
+                    assert component.namespace is not None
+                    return await self._relay(component.namespace)
+        except (httpx.HTTPError, MetalbusError, ClusterError, NamespaceError, OSError, ValueError) as error:
             return ProbeResult(False, f"{type(error).__name__}: {error}")
 
     async def _nats(self) -> ProbeResult:
@@ -73,7 +80,7 @@ class Probes:
         return ProbeResult(serving, f"serving; GET /api/v1/health: {response.status_code} {overall}")
 
     async def whole_stack(self) -> ProbeResult:
-        """The api's report on NATS, PostgreSQL, the replicas and this stack's own rack. Other racks recorded
+        """The api's report on NATS, PostgreSQL, the replicas and this stack's own racks. Other racks recorded
         in the database (an earlier rack id, a decommissioned rack) do not hold up this stack."""
         url = f"http://{self.settings.host}:{self.settings.api_port}/api/v1/health"
         try:
@@ -81,23 +88,38 @@ class Probes:
                 report = (await client.get(url)).json()
         except (httpx.HTTPError, ValueError) as error:
             return ProbeResult(False, f"{type(error).__name__}: {error}")
-        own_rack = [rack for rack in report.get("racks", []) if rack.get("rack_id") == self.settings.rack_id]
+        racks = {rack.get("rack_id"): rack for rack in report.get("racks", [])}
         problems = [name for name in ("nats", "database") if not report.get(name, {}).get("ok")]
         if len(report.get("replicas", [])) < self.settings.region_replicas:
             problems.append(f"{len(report.get('replicas', []))} of {self.settings.region_replicas} replicas")
-        if not own_rack or not all(service.get("healthy") for service in own_rack[0].get("services", [])):
-            problems.append(f"rack {self.settings.rack_id}")
+        for rack_id in self.settings.rack_ids:
+            rack = racks.get(rack_id)
+            if rack is None or not all(service.get("healthy") for service in rack.get("services", [])):
+                problems.append(f"rack {rack_id}")
         return ProbeResult(not problems, "healthy" if not problems else "not healthy: " + ", ".join(problems))
 
-    async def _rack_service(self, kind: RackServiceKind) -> ProbeResult:
+    async def _rack_service(self, rack_id: str, kind: RackServiceKind) -> ProbeResult:
         if self.bus is None:
             return ProbeResult(False, "no bus connection")
         racks = (await self.bus.request(RACK_LIST, RackListQuery(), timeout=2.0)).racks
         for rack in racks:
-            if rack.rack_id != self.settings.rack_id:
+            if rack.rack_id != rack_id:
                 continue
             for service in rack.services:
                 if service.service is kind and (self.since is None or service.last_seen >= self.since):
                     seen = service.last_seen.isoformat(timespec="seconds")
                     return ProbeResult(service.healthy, f"rack {rack.rack_id}, last heartbeat {seen}")
-        return ProbeResult(False, f"not announced on rack {self.settings.rack_id}")
+        return ProbeResult(False, f"not announced on rack {rack_id}")
+
+    async def _relay(self, namespace: str) -> ProbeResult:
+        """Does the relay accept connections on NATS's port inside its namespace?"""
+        probe = NetworkNamespace(namespace).open_socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            await asyncio.wait_for(
+                asyncio.get_running_loop().sock_connect(probe, ("127.0.0.1", self.settings.nats_port)), 2.0
+            )
+        except TimeoutError:
+            return ProbeResult(False, f"no answer on 127.0.0.1:{self.settings.nats_port} in {namespace}")
+        finally:
+            probe.close()
+        return ProbeResult(True, f"relays 127.0.0.1:{self.settings.nats_port} in namespace {namespace}")

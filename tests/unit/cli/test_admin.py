@@ -15,7 +15,7 @@ from metalbus.stack.nats import stack_nats_credentials
 def test_the_nats_address_and_admin_login_come_from_the_stack(tmp_path: Path) -> None:
     layout = StackLayout(tmp_path)
     save_record(layout, StackSettings(state_dir=tmp_path, host="127.0.0.1", nats_port=14222))
-    admin = stack_nats_credentials(layout.nats_store, ["region-1"], "rack-1")["admin"]
+    admin = stack_nats_credentials(layout.nats_store, ["region-1"], ["rack-1"])["admin"]
 
     options = stack_connect_options(tmp_path)
 
