@@ -2,12 +2,12 @@
 
 from datetime import datetime
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 
 from pydantic import Field
 
 from metalbus.contracts.base import Message, examples
-from metalbus.contracts.common import IdempotencyKey, MacAddress
+from metalbus.contracts.common import IdempotencyKey, IPv4, MacAddress
 from metalbus.contracts.errors import ErrorEnvelope
 
 _SUBNET = {
@@ -62,10 +62,10 @@ class SubnetCreate(Message):
     model_config = examples({k: v for k, v in _SUBNET.items() if k != "subnet_id"} | {"reserved": []})
 
     cidr: IPv4Network
-    gateway: IPv4Address | None = None
-    dns_servers: list[IPv4Address] = Field(default_factory=list)
-    dynamic_start: IPv4Address | None = None
-    dynamic_end: IPv4Address | None = None
+    gateway: IPv4 | None = None
+    dns_servers: list[IPv4] = Field(default_factory=list)
+    dynamic_start: IPv4 | None = None
+    dynamic_end: IPv4 | None = None
     managed: bool = True
     lease_time_s: int = Field(default=600, ge=30, le=7 * 24 * 3600)
     domain: str = Field(
@@ -74,7 +74,7 @@ class SubnetCreate(Message):
         pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$",
         description="DNS domain given to clients (option 15).",
     )
-    reserved: list[IPv4Address] = Field(default_factory=list, description="Never handed out dynamically.")
+    reserved: list[IPv4] = Field(default_factory=list, description="Never handed out dynamically.")
 
 
 class Subnet(Message):
@@ -82,10 +82,10 @@ class Subnet(Message):
 
     subnet_id: int
     cidr: IPv4Network
-    gateway: IPv4Address | None
-    dns_servers: list[IPv4Address]
-    dynamic_start: IPv4Address | None
-    dynamic_end: IPv4Address | None
+    gateway: IPv4 | None
+    dns_servers: list[IPv4]
+    dynamic_start: IPv4 | None
+    dynamic_end: IPv4 | None
     managed: bool
     lease_time_s: int
     domain: str
@@ -104,7 +104,7 @@ class SubnetList(Message):
 class Lease(Message):
     model_config = examples(_LEASE)
 
-    ip: IPv4Address
+    ip: IPv4
     mac: MacAddress
     subnet_id: int
     rack_id: str
@@ -122,8 +122,8 @@ class LeaseOfferRequest(Message):
 
     rack_id: str
     mac: MacAddress
-    link_address: IPv4Address
-    requested_ip: IPv4Address | None = None
+    link_address: IPv4
+    requested_ip: IPv4 | None = None
     hostname: str | None = None
 
 
@@ -141,7 +141,7 @@ class LeaseCommitRequest(Message):
 
     rack_id: str
     mac: MacAddress
-    ip: IPv4Address
+    ip: IPv4
     hostname: str | None = None
     idempotency_key: IdempotencyKey | None = None
 
@@ -205,7 +205,7 @@ class LeaseReleaseRequest(Message):
 
     rack_id: str
     mac: MacAddress
-    ip: IPv4Address
+    ip: IPv4
 
 
 class LeaseAck(Message):
@@ -230,7 +230,7 @@ class RackSnapshot(Message):
     rack_id: str
     subnets: list[Subnet]
     leases: list[Lease]
-    reserved: dict[int, list[IPv4Address]] = Field(description="Reserved addresses per subnet id.")
+    reserved: dict[int, list[IPv4]] = Field(description="Reserved addresses per subnet id.")
 
 
 class LeaseEvent(Message):
@@ -252,10 +252,10 @@ class SubnetUpdate(Message):
     )  # fmt: skip
 
     subnet_id: int
-    dynamic_start: IPv4Address | None = None
-    dynamic_end: IPv4Address | None = None
-    gateway: IPv4Address | None = None
-    dns_servers: list[IPv4Address] | None = None
+    dynamic_start: IPv4 | None = None
+    dynamic_end: IPv4 | None = None
+    gateway: IPv4 | None = None
+    dns_servers: list[IPv4] | None = None
     lease_time_s: int | None = Field(default=None, ge=30, le=7 * 24 * 3600)
     managed: bool | None = None
 
