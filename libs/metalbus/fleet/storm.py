@@ -95,6 +95,8 @@ class StormChecks:
     """Boot MACs that posted their inventory and signalled OK, yet the region stored no inventory."""
     duplicate_leases: int
     """Addresses held by the active leases of more than one machine."""
+    leases_by_rack: dict[str, int] = field(default_factory=dict)
+    """Machines whose latest lease each rack answered last."""
 
 
 def write_boot_files(layout: StackLayout) -> None:
@@ -289,7 +291,8 @@ async def storm_checks(site: StormSite, system_ids: list[str]) -> StormChecks:
     signalled = {o.profile.boot_mac for o in outcomes if o.result is MachineResult.READY}
     lost = sorted(mac for mac in signalled if mac not in stored_by_mac)
     mismatches = sorted(set(inventory_mismatches(reported, stored_by_mac)) | never_reported)
-    return StormChecks(outcomes, mismatches, lost, await duplicate_leases(site.state_dir))
+    duplicates, by_rack = await duplicate_leases(site.state_dir), await leases_by_rack(site.state_dir)
+    return StormChecks(outcomes, mismatches, lost, duplicates, by_rack)
 
 
 async def database(state_dir: Path) -> asyncpg.Connection:
@@ -306,5 +309,18 @@ async def duplicate_leases(state_dir: Path) -> int:
             " GROUP BY ip HAVING count(DISTINCT mac) > 1) AS shared"
         )
         return int(await connection.fetchval(query))
+    finally:
+        await connection.close()
+
+
+async def leases_by_rack(state_dir: Path) -> dict[str, int]:
+    """Rack id → machines (MACs) whose latest lease that rack answered last."""
+    connection = await database(state_dir)
+    try:
+        query = (
+            "SELECT rack_id, count(*) AS machines FROM (SELECT DISTINCT ON (mac) mac, rack_id FROM leases"
+            " ORDER BY mac, updated_at DESC) AS latest GROUP BY rack_id ORDER BY rack_id"
+        )
+        return {str(row["rack_id"]): int(row["machines"]) for row in await connection.fetch(query)}
     finally:
         await connection.close()
