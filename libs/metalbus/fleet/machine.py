@@ -82,6 +82,8 @@ class MachineOutcome:
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     address: IPv4Address | None = None
+    dhcp_server: IPv4Address | None = None
+    """The server identifier of the lease booted from (which rack answered)."""
     bytes_fetched: int = 0
     syslog_lines: int = 0
     dhcp_sends: int = 0
@@ -145,7 +147,7 @@ class VirtualMachine:
 
     async def _boot(self, lease: Lease) -> None:
         address = lease.address
-        self.outcome.address = address
+        self.outcome.address, self.outcome.dhcp_server = address, lease.server
         await self.network.take_address(address, lease.subnet_mask)
         self._log("metalbus-ephemeral", f"leased {address} from {lease.server}")
         instructions = await self._timed("tftp", self._boot_config(lease))
