@@ -31,11 +31,28 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (Unavailable, *CONNECTION_ERRORS)
 
 
+class TransactionScopedConnection(asyncpg.Connection):
+    """A pooled connection that goes back to the pool without asyncpg's reset query (``pg_advisory_unlock_all();
+    CLOSE ALL; UNLISTEN *; RESET ALL``: one more round trip and statement for every transaction). Pool users keep
+    no session state: their locks are ``pg_advisory_xact_lock``, cursors live inside transactions, nobody LISTENs
+    or SETs (migrations, which take a session lock, run on a connection of their own). asyncpg still rolls back
+    a transaction left open on release."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 5.0) -> asyncpg.Pool:
-    """Create the pool; raise Unavailable with the reason if PostgreSQL does not answer."""
+    """Create the pool (of ``TransactionScopedConnection``); raise Unavailable with the reason if PostgreSQL does
+    not answer."""
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, timeout=timeout_s, command_timeout=timeout_s
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout_s,
+            command_timeout=timeout_s,
+            connection_class=TransactionScopedConnection,
         )
     except CONNECTION_ERRORS as error:
         raise Unavailable(f"PostgreSQL unreachable: {error}") from error

@@ -26,7 +26,9 @@ _ADDRESS_LOCK = "pg_try_advisory_xact_lock($9, (($2::inet - '0.0.0.0'::inet) - 2
 
 
 def lease_from_row(row: asyncpg.Record) -> Lease:
-    return Lease(
+    """A row of ``LEASE_COLUMNS`` as a Lease, built without validation: PostgreSQL's column types (inet, macaddr,
+    the state CHECK, timestamptz) already hold what the contract checks, and a batch builds hundreds of them."""
+    return Lease.model_construct(
         ip=row["ip"],
         mac=str(row["mac"]),
         subnet_id=row["subnet_id"],
@@ -318,6 +320,8 @@ async def latest_of_macs(conn: DbConnection, subnet_id: int, macs: list[str]) ->
 async def refresh_offers(conn: DbConnection, offers: list[Lease], expires_at: datetime, now: datetime) -> list[Lease]:
     """Hold these offers (same address, same MAC, still offered) until ``expires_at``. Rows are locked in
     address order, as ``bind_held`` does, so concurrent batches never deadlock on each other's rows."""
+    if not offers:
+        return []
     rows = await conn.fetch(
         f"""
         WITH locked AS (
