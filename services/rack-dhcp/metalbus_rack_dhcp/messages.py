@@ -7,6 +7,7 @@ split options (RFC 3396) are already merged by the codec).
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import cached_property
 from ipaddress import IPv4Address
 
 BOOTREQUEST = 1
@@ -111,8 +112,9 @@ class DhcpMessage:
                 return value
         return None
 
-    @property
+    @cached_property
     def message_type(self) -> MessageType | None:
+        """Option 53 (asked several times per message: found once)."""
         value = self.option(_MESSAGE_TYPE)
         if value is None or len(value) != 1:
             return None

@@ -144,6 +144,7 @@ class RegionTiming:
             ["operation", "code"],
             registry=registry,
         )
+        self._latencies: dict[str, Histogram] = {}
 
     def timed_source(self, region: LeaseSource) -> "TimedLeaseSource":
         return TimedLeaseSource(region, self)
@@ -158,6 +159,13 @@ class RegionTiming:
     def observing(self, operation: str) -> "_Observation":
         return _Observation(self, operation)
 
+    def latency_of(self, operation: str) -> Histogram:
+        """The histogram's child for ``operation``, looked up once (``labels`` takes a lock and parses keywords)."""
+        child = self._latencies.get(operation)
+        if child is None:
+            child = self._latencies[operation] = self.latency.labels(operation=operation)
+        return child
+
 
 class _Observation:
     """``with`` block timed into the histogram; a MetalbusError leaving it is also counted by its code."""
@@ -171,7 +179,7 @@ class _Observation:
         self.started = self.timing.clock()
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
-        self.timing.latency.labels(operation=self.operation).observe(self.timing.clock() - self.started)
+        self.timing.latency_of(self.operation).observe(self.timing.clock() - self.started)
         if isinstance(error, MetalbusError):
             self.timing.errors.labels(operation=self.operation, code=error.code.value).inc()
 

@@ -22,6 +22,7 @@ the rack's cache answered a renewal while the region was away).
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import socket
@@ -75,6 +76,17 @@ def reply_destination(request: DhcpMessage, reply: DhcpMessage, client_port: int
     if request.broadcast or reply.yiaddr == UNSPECIFIED:
         return Destination(BROADCAST, client_port)
     return Destination(reply.yiaddr, client_port, needs_neighbour=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _dotted_of(address: int) -> str:
+    return str(IPv4Address(address))
+
+
+def dotted(address: IPv4Address) -> str:
+    """``str(address)``, remembered: replies go to the same relays and clients over and over, and IPv4Address
+    formats itself anew every time."""
+    return _dotted_of(int(address))
 
 
 DECODE_DROP_PREFIX = "decode: "
@@ -272,7 +284,7 @@ class DhcpProtocol(asyncio.DatagramProtocol):
         if self.transport is None or self.transport.is_closing():
             self.counters.dropped[TRANSPORT_CLOSED] += 1
             return
-        self.transport.sendto(payload, (str(destination.address), destination.port))
+        self.transport.sendto(payload, (dotted(destination.address), destination.port))
         kind = reply.message_type
         self.counters.replied[kind.name if kind is not None else "UNKNOWN"] += 1
         if request.message_type is not MessageType.INFORM:
