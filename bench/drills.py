@@ -98,7 +98,10 @@ def main() -> int:
             lines.append(row(result))
             print(lines[-1], flush=True)
             rebooted = sum(1 for o in result.checks.outcomes if o.failed_boots)
-            print(f"   leases by rack {result.checks.leases_by_rack}; machines that booted again: {rebooted}")
+            print(
+                f"   leases by rack {result.checks.leases_by_rack}; machines that booted again: {rebooted}; "
+                f"power-ons after READY (sent to the disk): {result.checks.disk_boots}"
+            )
             for outcome in [o for o in result.checks.outcomes if o.result is not MachineResult.READY][:5]:
                 print(f"   {outcome.profile.boot_mac} {outcome.result.value} at {outcome.step}: {outcome.error or ''}")
     except KeyboardInterrupt:

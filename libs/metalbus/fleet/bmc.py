@@ -146,21 +146,29 @@ class SimulatedBmcs:
                 await self._network.namespace.remove_address(self._network.interface, self.address)
 
     def latest_outcome(self, profile: MachineProfile) -> MachineOutcome:
-        """The machine's latest network boot: still under way (stuck in its current step), ended, or none at all
-        (stuck "never powered on")."""
+        """The machine's latest network boot into commissioning: still under way (stuck in its current step),
+        ended, or none at all (stuck "never powered on"). Boots the region sent to the local disk (a power-on
+        after commissioning ended) are passed over while there is a commissioning one to show."""
         system = self.systems[system_key(profile)]
-        if system.powered and system.machine is not None:
-            return system.machine.outcome
-        if system.outcomes:
-            return system.outcomes[-1]
+        boots = [*system.outcomes]
+        running = system.machine.outcome if system.powered and system.machine is not None else None
+        if running is not None and all(outcome is not running for outcome in boots):
+            boots.append(running)
+        commissioning = [outcome for outcome in boots if outcome.result is not MachineResult.DISK]
+        if commissioning or boots:
+            return (commissioning or boots)[-1]
         return MachineOutcome(profile, MachineResult.STUCK, step="never powered on")
 
+    def disk_boots(self) -> int:
+        """Power-ons that ended on the local disk (no network boot asked for, or the region sent it there)."""
+        return sum(system.disk_boots for system in self.systems.values())
+
     async def wait_until_every_machine_booted(self, timeout_s: float) -> bool:
-        """True once every machine has finished at least one network boot (and none is still on), within the
-        timeout; False when the time ran out."""
+        """True once every machine has finished at least one network boot (and none is still on, except on its
+        local disk), within the timeout; False when the time ran out."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while not all(system.outcomes and not system.powered for system in self.systems.values()):
+        while not all(_settled(system) for system in self.systems.values()):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
@@ -256,12 +264,21 @@ class SimulatedBmcs:
         if self._on_outcome is not None:
             self._on_outcome(outcome)
         self._changed.set()
+        if outcome.result is MachineResult.DISK:
+            await self._disk_boot(system)  # sent to its disk by the region: runs its installed system
         return outcome
 
     async def _disk_boot(self, system: SimulatedSystem) -> None:
         """No network boot was asked for: the machine runs its installed system until it is powered off."""
         system.disk_boots += 1
         await asyncio.Event().wait()
+
+
+def _settled(system: SimulatedSystem) -> bool:
+    """Booted from the network at least once, and now off or running its local disk."""
+    if not system.outcomes:
+        return False
+    return not system.powered or system.outcomes[-1].result is MachineResult.DISK
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

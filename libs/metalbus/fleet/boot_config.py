@@ -4,8 +4,8 @@ that line the metadata URL and OAuth credentials, the way the ephemeral environm
 pxelinux configs (``pxelinux.cfg/01-<mac>``): the ``KERNEL``, ``INITRD`` and ``APPEND`` lines of the default label
 (keywords in any case). GRUB configs (``grub.cfg-<mac>-x86_64``): the first menu entry's ``linux <kernel> <args…>``
 and ``initrd <initrd>`` lines, with GRUB's ``(http,<host>:<port>)/path`` devices turned into URLs and single
-quotes taken off. A config that boots the local disk (no kernel) is a ``BootConfigError``: the region did not
-send this machine to commissioning.
+quotes taken off. A config that boots the local disk (no kernel) is a ``LocalBoot`` error: the region did not
+send this machine to commissioning (or no longer: it is done with it).
 """
 
 import re
@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 
 class BootConfigError(ValueError):
     """The config names no kernel to boot, or the command line lacks what commissioning needs."""
+
+
+class LocalBoot(BootConfigError):
+    """The config boots the local disk: no kernel from the network."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ def parse_pxelinux_config(text: str) -> BootInstructions:
             found[keyword.upper()] = value.strip()
     kernel = found.get("KERNEL") or found.get("LINUX")
     if not kernel or "INITRD" not in found:
-        raise BootConfigError("the pxelinux config boots no kernel (local boot?)")
+        raise LocalBoot("the pxelinux config boots no kernel (local boot)")
     return BootInstructions(kernel, found["INITRD"], found.get("APPEND", ""))
 
 
@@ -59,7 +63,7 @@ def parse_grub_config(text: str) -> BootInstructions:
         elif words and words[0] in ("initrd", "initrdefi") and initrd_line is None:
             initrd_line = words[1] if len(words) > 1 else ""
     if not kernel_line or not initrd_line:
-        raise BootConfigError("the GRUB config boots no kernel (local boot?)")
+        raise LocalBoot("the GRUB config boots no kernel (local boot)")
     kernel, *arguments = shlex.split(kernel_line)
     return BootInstructions(grub_location(kernel), grub_location(initrd_line.split()[0]), " ".join(arguments))
 

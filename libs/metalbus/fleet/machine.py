@@ -24,7 +24,13 @@ from uuid import UUID
 
 from metalbus.contracts.common import Architecture
 from metalbus.contracts.metadata import HardwareInventory
-from metalbus.fleet.boot_config import BootInstructions, metadata_access, parse_grub_config, parse_pxelinux_config
+from metalbus.fleet.boot_config import (
+    BootInstructions,
+    LocalBoot,
+    metadata_access,
+    parse_grub_config,
+    parse_pxelinux_config,
+)
 from metalbus.fleet.commissioning import MetadataClient
 from metalbus.fleet.dhcp_client import (
     PXE_ARCHITECTURE_BIOS,
@@ -54,6 +60,9 @@ class MachineResult(StrEnum):
     FAILED = "failed"
     STUCK = "stuck"
     """Still in a step when the run's deadline came."""
+    DISK = "disk"
+    """The region sent the network boot to the local disk (the machine was not commissioning): it runs its
+    installed system. A power-on the region did not mean as commissioning, not a failure of the machine."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,8 @@ class MachineOutcome:
     reported: HardwareInventory | None = None
     failed_boots: list[str] = field(default_factory=list)
     """Why each earlier network boot of this power-on failed (the last one's reason is ``error``)."""
+    booted_disk: bool = False
+    """The final signal's answer was lost, and the next network boot was sent to the local disk: the region had it."""
 
 
 class VirtualMachine:
@@ -110,6 +121,7 @@ class VirtualMachine:
             broadcast_flag=profile.index % 2 == 1,  # half the firmware asks for broadcast replies, half does not
         )
         self._server_mac: bytes | None = None
+        self._signal_sent = False
         self._syslog: SyslogSender | None = None
 
     async def power_on(self) -> MachineOutcome:
@@ -125,6 +137,14 @@ class VirtualMachine:
                     lease = await self._timed("dhcp", self._lease(replies))
                     keeper = asyncio.create_task(self._keep_lease(replies))
                     await self._boot(lease)
+                    break
+                except LocalBoot:
+                    if not self._signal_sent:
+                        self.outcome.result, self.outcome.step = MachineResult.DISK, "disk"
+                        return self.outcome
+                    # An earlier boot sent the final signal and lost the answer (its rack died mid-request); the
+                    # region, done with the machine, now sends it to its disk: commissioning ended there.
+                    self.outcome.booted_disk = True
                     break
                 except Exception as error:  # the firmware boots from the network again (up to boot_attempts)
                     if attempt >= self.options.boot_attempts:
@@ -159,6 +179,7 @@ class VirtualMachine:
         started = time.monotonic()
         await self._timed("results", client.post_inventory(self.profile.inventory, time.monotonic() - started))
         self.outcome.reported = self.profile.inventory
+        self._signal_sent = True
         await self._timed("signal", client.signal_ok())
         self._log("metalbus-ephemeral", "user-data exited with 0; powering off")
 

@@ -97,6 +97,8 @@ class StormChecks:
     """Addresses held by the active leases of more than one machine."""
     leases_by_rack: dict[str, int] = field(default_factory=dict)
     """Machines whose latest lease each rack answered last."""
+    disk_boots: int = 0
+    """Power-ons that ended on the local disk: after commissioning, nothing should power a machine on again."""
 
 
 def write_boot_files(layout: StackLayout) -> None:
@@ -292,7 +294,7 @@ async def storm_checks(site: StormSite, system_ids: list[str]) -> StormChecks:
     lost = sorted(mac for mac in signalled if mac not in stored_by_mac)
     mismatches = sorted(set(inventory_mismatches(reported, stored_by_mac)) | never_reported)
     duplicates, by_rack = await duplicate_leases(site.state_dir), await leases_by_rack(site.state_dir)
-    return StormChecks(outcomes, mismatches, lost, duplicates, by_rack)
+    return StormChecks(outcomes, mismatches, lost, duplicates, by_rack, site.bmcs.disk_boots())
 
 
 async def database(state_dir: Path) -> asyncpg.Connection:
