@@ -26,9 +26,8 @@ _ADDRESS_LOCK = "pg_try_advisory_xact_lock($9, (($2::inet - '0.0.0.0'::inet) - 2
 
 
 def lease_from_row(row: asyncpg.Record) -> Lease:
-    """A row of ``LEASE_COLUMNS`` as a Lease, built without validation: PostgreSQL's column types (inet, macaddr,
-    the state CHECK, timestamptz) already hold what the contract checks, and a batch builds hundreds of them."""
-    return Lease.model_construct(
+    # Validated, not model_construct: with typed values pydantic's validation (in Rust) is the faster of the two.
+    return Lease(
         ip=row["ip"],
         mac=str(row["mac"]),
         subnet_id=row["subnet_id"],
