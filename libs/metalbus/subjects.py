@@ -4,6 +4,7 @@ Services import subjects from here and never spell them inline. Subject names ma
 (``rack.{rack_id}.…``, ``events.rack.{rack_id}``) filled with :meth:`RequestSubject.format`.
 """
 
+import functools
 import re
 from dataclasses import dataclass, field
 from string import Formatter
@@ -103,14 +104,20 @@ REGION_QUEUE = "region"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
+@functools.cache  # the catalogue's patterns, a few dozen: parsed once each, not on every event recorded
 def _placeholders(pattern: str) -> tuple[str, ...]:
     return tuple(name for _, name, _, _ in Formatter().parse(pattern) if name)
 
 
+@functools.cache
+def _placeholder_set(pattern: str) -> frozenset[str]:
+    return frozenset(_placeholders(pattern))
+
+
 def fill_subject(pattern: str, params: dict[str, str]) -> str:
     """Fill a subject pattern; each value must be one safe NATS token (no dots, spaces or wildcards)."""
-    expected = set(_placeholders(pattern))
-    if set(params) != expected:
+    expected = _placeholder_set(pattern)
+    if params.keys() != expected:
         raise ValueError(f"subject {pattern!r} needs {sorted(expected)}, got {sorted(params)}")
     for name, value in params.items():
         if not _TOKEN.match(value):
