@@ -6,6 +6,7 @@ without drops, and print rack-dhcp's ratio to each.
     bash scripts/setup-bench.sh                 # once: kea-dhcp4-server kea-admin (perfdhcp) isc-dhcp-server dnsmasq
     .venv/bin/python bench/dhcp.py --quick      # ~1 min
     .venv/bin/python bench/dhcp.py              # ~4 min
+    .venv/bin/python bench/dhcp.py --cpu 2000   # and first, per server, where the CPU goes at 2,000/s offered
 
 Needs root (network namespaces, port 67). The bench makes two namespaces joined by a veth: the server's (10.99.0.1)
 and the client's (10.99.0.2, where perfdhcp runs). The bench process itself moves into the server namespace, so
@@ -22,6 +23,11 @@ server's figure is the best clean step's completed DORA/s. rack-dhcp persists ev
 ``kea-admin db-init pgsql``. A server whose package is missing is skipped with the reason. Every process is stopped
 by its pid file and both namespaces are deleted, whatever ends the run. The last line printed is
 ``rack-dhcp vs ISC dhcpd: <X.XX>x (goal >= 1.0x) meets`` (or ``short``).
+
+``--cpu RATE[,RATE…]`` first runs perfdhcp at each rate for ``--cpu-seconds`` against each server and prints the
+CPU seconds per 1,000 completed DORA of every process involved (``process_cpu``): the server, the region,
+nats-server, PostgreSQL's backends and its other processes, perfdhcp, the whole host, and the rest (other work on
+the host, or the kernel's time for the link): whether the rack, the region or PostgreSQL is the wall.
 """
 
 import argparse
