@@ -34,7 +34,9 @@
 #      /proc/cmdline and fetches <metadata_url>latest/user-data with an OAuth 1.0a PLAINTEXT Authorization header
 #      (busybox wget --header; never -T, which segfaults in busybox 1.35 inside the guest);
 #   6. runs the user-data with sh (the region's commissioning_script.sh: inventory, results, signal OK);
-#   7. powers off (poweroff -f), whatever happened. metalbus.ephemeral_debug=1 drops to a shell instead.
+#   7. powers off (poweroff -f), whatever happened — except when the metadata service never answered (its rack
+#      died, say: no user-data, or the runner exited 75): then it reboots (reboot -f) and the firmware boots from
+#      the network again, through a rack that answers. metalbus.ephemeral_debug=1 drops to a shell first.
 set -euo pipefail
 repository="$(cd "$(dirname "$0")/.." && pwd)"
 out_dir="${1:-${METALBUS_EPHEMERAL_DIR:-$repository/.metalbus/boot/images/amd64/ephemeral}}"
@@ -255,17 +257,20 @@ authorization() { # OAuth 1.0a PLAINTEXT
         "$(parameter metalbus.token_key)" "$(parameter metalbus.token_secret)" "$$" "$now" "$now"
 }
 
-fetch_user_data() { # to $1; a few attempts (the rack may need a moment to answer)
+RACK_SILENT=75  # the metadata service never answered (the user-data runner says the same with its exit status)
+
+fetch_user_data() { # to $1; a few attempts (the rack may need a moment to answer); refused: 1, silent: 75
     url="$(parameter metalbus.metadata_url)latest/user-data"
     for attempt in 1 2 3 4 5; do
-        if wget -q -O "$1" --header "Authorization: $(authorization)" "$url"; then
+        if wget -q -O "$1" --header "Authorization: $(authorization)" "$url" 2>/tmp/wget.err; then
             say "user-data read from $url ($(wc -c <"$1") bytes)"
             return 0
         fi
-        say "could not read $url (attempt $attempt)"
+        say "could not read $url (attempt $attempt): $(cat /tmp/wget.err)"
         sleep "$attempt"
     done
-    return 1
+    grep -q "server returned error" /tmp/wget.err && return 1
+    return "$RACK_SILENT"
 }
 
 commission() {
@@ -277,7 +282,7 @@ commission() {
         say "no DHCP lease on $interface"; return 1; }
     start_syslog
     parameter metalbus.metadata_url >/dev/null || { say "no metalbus.metadata_url on the command line"; return 1; }
-    fetch_user_data /tmp/user-data || return 1
+    fetch_user_data /tmp/user-data || return $?
     say "running the user-data"
     sh /tmp/user-data
     status=$?
@@ -289,10 +294,17 @@ mount_filesystems
 say "started (kernel $(uname -r), $(parameter metalbus.purpose || echo 'no purpose'))"
 load_modules
 commission
-say "commissioning finished with status $?"
+status=$?
+say "commissioning finished with status $status"
 if parameter metalbus.ephemeral_debug >/dev/null; then
     say "metalbus.ephemeral_debug: a shell instead of powering off"
     sh </dev/console >/dev/console 2>&1
+fi
+if [ "$status" -eq "$RACK_SILENT" ]; then
+    say "the metadata service did not answer: rebooting (the firmware boots from the network, a rack answers)"
+    [ -z "$SYSLOG" ] || sleep 1  # let syslogd send the last lines
+    sync
+    reboot -f
 fi
 say "powering off"
 [ -z "$SYSLOG" ] || sleep 1  # let syslogd send the last lines

@@ -5,7 +5,9 @@ The same requests as the ephemeral /init and the region's ``commissioning_script
 ``op=signal, status=WORKING, name=metalbus-inventory, exit_status=0, runtime`` with the files
 ``metalbus-inventory.out`` (the inventory as JSON) and ``.err`` (empty), then a final ``op=signal, status=OK``.
 Every request carries an OAuth 1.0a PLAINTEXT header with a fresh nonce. As the runner does, a refusal (4xx) is
-final, anything else (5xx, no connection) is tried again after 1 s, 2 s, … (times ``retry_scale``), 5 tries in all.
+final (``MetadataRefused``), anything else (5xx, no connection) is tried again after 1 s, 2 s, … (times
+``retry_scale``), 5 tries in all, then ``CommissioningError``: the service never answered, and the environment
+boots again (the runner's exit status 75).
 """
 
 import asyncio
@@ -27,6 +29,10 @@ _nonces = itertools.count()
 
 class CommissioningError(Exception):
     """The metadata service refused a request, or never answered."""
+
+
+class MetadataRefused(CommissioningError):
+    """The metadata service answered 4xx: final, the environment powers off."""
 
 
 def authorization(access: MetadataAccess, now: float | None = None) -> str:
@@ -108,7 +114,7 @@ class MetadataClient:
                     return response
                 problem = f"HTTP {response.status}: {response.body[:200].decode(errors='replace')}"
                 if 400 <= response.status < 500:
-                    raise CommissioningError(f"{method} {url} refused: {problem}")
+                    raise MetadataRefused(f"{method} {url} refused: {problem}")
             if attempt < ATTEMPTS:
                 await asyncio.sleep(attempt * self.retry_scale)
         raise CommissioningError(f"{method} {url} failed {ATTEMPTS} times, last: {problem}")

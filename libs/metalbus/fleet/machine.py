@@ -25,13 +25,14 @@ from uuid import UUID
 from metalbus.contracts.common import Architecture
 from metalbus.contracts.metadata import HardwareInventory
 from metalbus.fleet.boot_config import (
+    BootConfigError,
     BootInstructions,
     LocalBoot,
     metadata_access,
     parse_grub_config,
     parse_pxelinux_config,
 )
-from metalbus.fleet.commissioning import MetadataClient
+from metalbus.fleet.commissioning import MetadataClient, MetadataRefused
 from metalbus.fleet.dhcp_client import (
     PXE_ARCHITECTURE_BIOS,
     PXE_ARCHITECTURE_EFI_X64,
@@ -50,6 +51,8 @@ from metalbus.fleet.syslog_sender import SyslogSender
 from metalbus.fleet.tftp_fetch import PXELINUX_TFTP_TIMEOUTS_S, tftp_fetch
 
 T = TypeVar("T")
+FINAL_FAILURES = (MetadataRefused, BootConfigError)
+"""What ends the machine's run instead of a new network boot (a local boot is handled before these)."""
 STEPS = ("dhcp", "tftp", "http", "metadata", "results", "signal")
 MAX_DHCP_EVENTS = 1000
 
@@ -78,8 +81,9 @@ class MachineOptions:
     """Seconds of power-on self test before the firmware's first DHCPDISCOVER (real servers take 10 s to minutes)."""
     boot_attempts: int = 1
     """Network boots tried from DHCP on before the machine gives up: server firmware set to retry PXE boots again
-    after a failed one, and an ephemeral environment that reboots when its rack stops answering (a rack that died
-    mid-boot: the next DISCOVER is answered by another rack on the subnet)."""
+    after a failed one, and an ephemeral environment that reboots when its metadata service never answers, as the
+    image's /init does (a rack that died mid-boot: the next DISCOVER is answered by another rack on the subnet).
+    A refusal (4xx) or a boot config without metadata is final, as in the image."""
 
 
 @dataclass
@@ -146,6 +150,8 @@ class VirtualMachine:
                     # region, done with the machine, now sends it to its disk: commissioning ended there.
                     self.outcome.booted_disk = True
                     break
+                except FINAL_FAILURES:
+                    raise  # the environment powers off, as the ephemeral image does
                 except Exception as error:  # the firmware boots from the network again (up to boot_attempts)
                     if attempt >= self.options.boot_attempts:
                         raise

@@ -6,7 +6,9 @@
 # chose for this commissioning (rendered into user_scripts() by the region; each gets its timeout, its output
 # and exit status are posted the same way), then post the final OK. If gathering or a chosen script fails, its
 # output and exit status are posted and the runner stops: the region then fails commissioning naming the script
-# and its status.
+# and its status. A post the metadata service refuses (4xx) ends the run with 3; when it never answers (five
+# tries: its rack died, say) the runner exits 75 (EX_TEMPFAIL) and the ephemeral environment boots again, through
+# whichever rack answers then.
 # With the argument "inventory": print the inventory as JSON (the region's HardwareInventory) and post nothing.
 #
 # Where to post, and as whom: the kernel parameters metalbus.metadata_url, metalbus.consumer_key,
@@ -228,7 +230,9 @@ form_file() {  # name path
     printf '\r\n'
 }
 
-http_post() {  # POST the body in file $1 to the signal URL; a refusal (4xx) is final, anything else is retried
+RACK_SILENT=75  # EX_TEMPFAIL: the metadata service never answered
+
+http_post() {  # POST the body in file $1 to the signal URL: 0, 1 when refused (final), RACK_SILENT after 5 tries
     url="${METADATA_URL%/}/$SIGNAL_VERSION/"
     content_type="Content-Type: multipart/form-data; boundary=$BOUNDARY"
     attempt=1
@@ -241,14 +245,26 @@ http_post() {  # POST the body in file $1 to the signal URL; a refusal (4xx) is 
             [ "$outcome" -ne 22 ] || return 1  # the metadata service answered with an error status
         else
             wget -q -O /dev/null --header "$content_type" --header "Authorization: $(authorization)" \
-                --post-file "$1" "$url"
+                --post-file "$1" "$url" 2>"$WORK/wget.err"
             outcome=$?
+            cat "$WORK/wget.err" >&2
+            # An answer with an error status: GNU wget exits 8, busybox wget 1 saying "server returned error".
+            [ "$outcome" -ne 8 ] && ! grep -q "server returned error" "$WORK/wget.err" || return 1
         fi
         [ "$outcome" -ne 0 ] || return 0
-        [ "$attempt" -lt 5 ] || return 1
+        [ "$attempt" -lt 5 ] || return "$RACK_SILENT"
         sleep "$attempt"
         attempt=$((attempt + 1))
     done
+}
+
+unposted() {  # the run's status after a signal failed with $1: RACK_SILENT stays, a refusal is 3
+    [ "$1" -eq "$RACK_SILENT" ] && return "$RACK_SILENT"
+    return 3
+}
+
+script_failed() {  # the run's status for a script that failed with $1 (posted): its own, but never RACK_SILENT
+    if [ "$1" -eq "$RACK_SILENT" ]; then echo 1; else echo "$1"; fi
 }
 
 signal() {  # status [script name, exit status, runtime seconds, stdout file, stderr file]
@@ -285,8 +301,8 @@ run_user_scripts() {  # each in turn, its result posted; the first that fails en
         timeout "$timeout_s" "$path" </dev/null >"$WORK/$name.out" 2>"$WORK/$name.err"
         status=$?
         signal WORKING "$name" "$status" "$(($(date +%s) - started))" "$WORK/$name.out" "$WORK/$name.err" \
-            </dev/null || return 3
-        [ "$status" -eq 0 ] || return "$status"  # the region has failed commissioning with this result
+            </dev/null || { unposted $?; return $?; }
+        [ "$status" -eq 0 ] || return "$(script_failed "$status")"  # the region has failed commissioning with it
     done <"$WORK/chosen"
 }
 
@@ -304,10 +320,10 @@ commission() {
     status=$?
     runtime=$(($(date +%s) - started))
     signal WORKING "$INVENTORY_SCRIPT" "$status" "$runtime" \
-        "$WORK/$INVENTORY_SCRIPT.out" "$WORK/$INVENTORY_SCRIPT.err" || return 3
-    [ "$status" -eq 0 ] || return "$status"  # the region has failed commissioning with this result
+        "$WORK/$INVENTORY_SCRIPT.out" "$WORK/$INVENTORY_SCRIPT.err" || { unposted $?; return $?; }
+    [ "$status" -eq 0 ] || return "$(script_failed "$status")"  # the region has failed commissioning with it
     run_user_scripts || return $?
-    signal OK || return 3
+    signal OK || { unposted $?; return $?; }
 }
 
 case ${1:-commission} in
