@@ -21,7 +21,7 @@ RACK_HOST_INTERFACE = "mbrack0"
 
 @dataclass(frozen=True)
 class RackHost:
-    """A further rack's namespace, its machine-facing interface and that interface's address (``10.x.y.3/21``)."""
+    """A further rack's namespace, its machine-facing interface and that interface's address (``10.x.y.4/21``)."""
 
     namespace: NetworkNamespace
     interface: str
