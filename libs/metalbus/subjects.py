@@ -410,7 +410,7 @@ RACK_POWER_COMMAND = RequestSubject(
 EVENT_RACK_SERVICE = EventSubject(
     "events.rack.{rack_id}",
     RackServiceEvent,
-    "A rack service announced itself.",
+    "A rack service announced itself, or was heard from again after its heartbeats had lapsed.",
 )
 
 EVENT_MACHINE = EventSubject("events.machine.{system_id}", MachineEvent, "A machine changed status.")

@@ -190,6 +190,39 @@ async def test_a_newly_announced_rack_appears_on_its_event_without_waiting_for_a
         assert sorted(found) == ["10.20.0.2", "10.20.0.3"]
 
 
+async def test_a_rack_whose_heartbeats_lapsed_is_back_on_its_first_heartbeat_without_waiting_for_a_refresh(
+    region: Bus, upstream: Upstream
+) -> None:
+    interval = 0.3  # unhealthy once not heard from for three intervals
+    await announce(region, "rack-a", "10.20.0.2/24")
+    token = await announce(region, "rack-b", "10.20.0.3/24", interval=interval)
+    heartbeat = RackServiceHeartbeat(rack_id="rack-b", service=RackServiceKind.PROXY, service_token=token)
+    async with running_dns(dns_config(upstream, NO_REFRESH_S), bus=region, rack_id="rack-a") as rack_dns:
+        await eventually(lambda: resolved(rack_dns.port, SUBNET_NAME), lambda found: len(found) == 2)
+        await asyncio.sleep(interval * 4)  # rack-b's heartbeats lapse ...
+        await announce(region, "rack-c", "10.30.0.2/24")  # ... and another rack's event refreshes the zone
+        await eventually(lambda: resolved(rack_dns.port, SUBNET_NAME), lambda found: found == ["10.20.0.2"])
+
+        assert (await region.request(RACK_HEARTBEAT, heartbeat, timeout=2)).known  # rack-b is back
+        found = await eventually(lambda: resolved(rack_dns.port, SUBNET_NAME), lambda f: len(f) == 2, timeout=5)
+        assert sorted(found) == ["10.20.0.2", "10.20.0.3"]
+
+
+async def test_a_heartbeat_within_the_healthy_window_publishes_nothing(region: Bus, database_dsn: str) -> None:
+    token = await announce(region, "rack-b", "10.20.0.3/24", interval=30)
+    heartbeat = RackServiceHeartbeat(rack_id="rack-b", service=RackServiceKind.PROXY, service_token=token)
+    for _ in range(3):
+        assert (await region.request(RACK_HEARTBEAT, heartbeat, timeout=2)).known
+    connection = await asyncpg.connect(database_dsn)
+    try:
+        kinds = await connection.fetch(
+            "SELECT payload->>'kind' AS kind FROM events WHERE subject LIKE 'events.rack.%' ORDER BY sequence"
+        )
+    finally:
+        await connection.close()
+    assert [row["kind"] for row in kinds] == ["announced"]
+
+
 async def test_a_machine_hostname_resolves_to_its_bound_lease_and_back(region: Bus, upstream: Upstream) -> None:
     await announce(region, "rack-a", "10.20.0.2/24")
     async with running_dns(dns_config(upstream, NO_REFRESH_S), bus=region, rack_id="rack-a") as rack_dns:

@@ -127,10 +127,13 @@ class RackList(Message):
 
 class RackServiceEventKind(StrEnum):
     ANNOUNCED = "announced"
+    RETURNED = "returned"
+    """Heard from again after its heartbeats had lapsed (it counted as unhealthy meanwhile)."""
 
 
 class RackServiceEvent(Message):
-    """Published on the event stream when a rack service (re)announces itself."""
+    """Published on the event stream when a rack service (re)announces itself, or when one whose heartbeats had
+    lapsed is heard from again (``returned``): what serves the racks' subnets changed either way."""
 
     model_config = examples(
         {

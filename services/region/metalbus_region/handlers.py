@@ -86,8 +86,25 @@ class RegionHandlers:
         return RackServiceAck(known=True, service_token=service_token)
 
     async def heartbeat(self, heartbeat: RackServiceHeartbeat) -> RackServiceAck:
-        async with self.database.connection() as conn:
-            return RackServiceAck(known=await rack_store.record_heartbeat(conn, heartbeat))
+        async with self.database.connection() as conn, conn.transaction():
+            recorded = await rack_store.record_heartbeat(conn, heartbeat)
+            hostname = recorded.returned_hostname
+            if hostname is not None:  # it counted as unhealthy: whoever follows the racks' health must hear
+                await record_event(
+                    conn,
+                    EVENT_RACK_SERVICE,
+                    lambda _, at: RackServiceEvent(
+                        kind=RackServiceEventKind.RETURNED,
+                        rack_id=heartbeat.rack_id,
+                        service=heartbeat.service,
+                        hostname=hostname,
+                        at=at,
+                    ),
+                    rack_id=heartbeat.rack_id,
+                )
+        if recorded.returned_hostname is not None:
+            self.outbox.wake()
+        return RackServiceAck(known=recorded.known)
 
     async def list_racks(self, _: RackListQuery) -> RackList:
         async with self.database.connection() as conn:

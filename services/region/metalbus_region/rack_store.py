@@ -2,6 +2,7 @@
 service serves)."""
 
 import hashlib
+from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Interface
 
@@ -53,16 +54,34 @@ async def record_announcement(
     return recorded
 
 
-async def record_heartbeat(conn: DbConnection, heartbeat: RackServiceHeartbeat) -> bool:
-    """Touch last_seen; False if the region does not know this rack service or the heartbeat does not carry
-    the identity its announce was given (then it must announce itself again, with the shared secret)."""
-    status = await conn.execute(
-        "UPDATE rack_services SET last_seen = now() WHERE rack_id = $1 AND service = $2 AND token_sha256 = $3",
+@dataclass(frozen=True)
+class HeartbeatRecorded:
+    known: bool
+    """False if the region does not know this rack service or the heartbeat does not carry the identity its
+    announce was given (then it must announce itself again, with the shared secret)."""
+    returned_hostname: str | None = None
+    """The service's hostname when this heartbeat ended a lapse (it had counted as unhealthy); else None."""
+
+
+async def record_heartbeat(conn: DbConnection, heartbeat: RackServiceHeartbeat) -> HeartbeatRecorded:
+    """Touch last_seen, and say whether the service had lapsed before this heartbeat."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE rack_services AS rs SET last_seen = now()
+          FROM (SELECT rack_id, service, last_seen FROM rack_services
+                 WHERE rack_id = $1 AND service = $2 AND token_sha256 = $3 FOR UPDATE) AS before
+         WHERE rs.rack_id = before.rack_id AND rs.service = before.service
+        RETURNING rs.hostname,
+                  now() - before.last_seen > make_interval(secs => rs.heartbeat_interval_s * {HEALTHY_WITHIN_INTERVALS})
+                      AS lapsed
+        """,
         heartbeat.rack_id,
         heartbeat.service.value,
         token_digest(heartbeat.service_token or ""),
     )
-    return bool(status == "UPDATE 1")
+    if row is None:
+        return HeartbeatRecorded(known=False)
+    return HeartbeatRecorded(known=True, returned_hostname=str(row["hostname"]) if row["lapsed"] else None)
 
 
 async def list_racks(conn: DbConnection) -> list[RackStatus]:
