@@ -209,6 +209,7 @@ async def test_the_integrator_reads_events_but_publishes_and_asks_nothing(secure
         await integrator.client.subscribe("events.>", cb=events.keep)
         await integrator.client.flush()
         await region.client.publish("events.machine.abc123", b"{}")
+        await region.client.flush()
         assert await events.any_within() and events.messages[0].subject == "events.machine.abc123"
 
         await integrator.client.publish("events.machine.abc123", b"forged")
