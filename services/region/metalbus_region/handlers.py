@@ -14,8 +14,10 @@ from metalbus.contracts.racks import (
     RackServiceEvent,
     RackServiceEventKind,
     RackServiceHeartbeat,
+    RackServiceKind,
 )
 from metalbus.db.migrate import target_level
+from metalbus.db.pool import DbConnection
 from metalbus.subjects import (
     EVENT_RACK_SERVICE,
     RACK_ANNOUNCE,
@@ -70,17 +72,8 @@ class RegionHandlers:
         async with self.database.connection() as conn, conn.transaction():
             service_token = secrets.token_urlsafe(24)
             await rack_store.record_announcement(conn, announcement, service_token)
-            await record_event(
-                conn,
-                EVENT_RACK_SERVICE,
-                lambda _, at: RackServiceEvent(
-                    kind=RackServiceEventKind.ANNOUNCED,
-                    rack_id=announcement.rack_id,
-                    service=announcement.service,
-                    hostname=announcement.hostname,
-                    at=at,
-                ),
-                rack_id=announcement.rack_id,
+            await record_rack_event(
+                conn, RackServiceEventKind.ANNOUNCED, announcement.rack_id, announcement.service, announcement.hostname
             )
         self.outbox.wake()
         return RackServiceAck(known=True, service_token=service_token)
@@ -88,19 +81,13 @@ class RegionHandlers:
     async def heartbeat(self, heartbeat: RackServiceHeartbeat) -> RackServiceAck:
         async with self.database.connection() as conn, conn.transaction():
             recorded = await rack_store.record_heartbeat(conn, heartbeat)
-            hostname = recorded.returned_hostname
-            if hostname is not None:  # it counted as unhealthy: whoever follows the racks' health must hear
-                await record_event(
+            if recorded.returned_hostname is not None:  # it counted as unhealthy: those following racks must hear
+                await record_rack_event(
                     conn,
-                    EVENT_RACK_SERVICE,
-                    lambda _, at: RackServiceEvent(
-                        kind=RackServiceEventKind.RETURNED,
-                        rack_id=heartbeat.rack_id,
-                        service=heartbeat.service,
-                        hostname=hostname,
-                        at=at,
-                    ),
-                    rack_id=heartbeat.rack_id,
+                    RackServiceEventKind.RETURNED,
+                    heartbeat.rack_id,
+                    heartbeat.service,
+                    recorded.returned_hostname,
                 )
         if recorded.returned_hostname is not None:
             self.outbox.wake()
@@ -109,3 +96,15 @@ class RegionHandlers:
     async def list_racks(self, _: RackListQuery) -> RackList:
         async with self.database.connection() as conn:
             return RackList(racks=await rack_store.list_racks(conn))
+
+
+async def record_rack_event(
+    conn: DbConnection, kind: RackServiceEventKind, rack_id: str, service: RackServiceKind, hostname: str
+) -> None:
+    """A rack service event into the outbox, inside the caller's transaction."""
+    await record_event(
+        conn,
+        EVENT_RACK_SERVICE,
+        lambda _, at: RackServiceEvent(kind=kind, rack_id=rack_id, service=service, hostname=hostname, at=at),
+        rack_id=rack_id,
+    )
