@@ -24,8 +24,10 @@ from enum import StrEnum
 from pathlib import Path
 
 from metalbus.fleet.storm import StormChecks, StormRun, StormSite, commission_storm, create_machines, storm_checks
-from metalbus.stack.components import stack_components
+from metalbus.stack.components import Component, stack_components
+from metalbus.stack.config import StackLayout
 from metalbus.stack.launcher import StackError, launch, log_file_for, pid_file_for, recorded_stack, wait_ready
+from metalbus.stack.postgres import PostgresCluster
 from metalbus.stack.probes import Probes
 from metalbus.stack.processes import running_identity, stop_process
 
@@ -114,19 +116,22 @@ async def injected(site: StormSite, drill: Drill, outage_s: float) -> AsyncItera
 def kill_component(state_dir: Path, name: str) -> None:
     """SIGKILL, no goodbye: the process's sockets close, its in-flight requests are lost."""
     _, layout, cluster, components = recorded_stack(state_dir)
-    component = next(c for c in components if c.name == name)
-    identity = running_identity(pid_file_for(component, layout, cluster))
-    if identity is None:
-        raise StackError(f"{name} is not running")
-    os.kill(identity.pid, signal.SIGKILL)
+    _sigkill(next(c for c in components if c.name == name), layout, cluster)
 
 
 def kill_rack(state_dir: Path, rack_id: str) -> None:
     """kill -9 every service of rack ``rack_id`` at once (its host stays up: connections to it are refused)."""
-    _, _, _, components = recorded_stack(state_dir)
+    _, layout, cluster, components = recorded_stack(state_dir)
     for component in components:
         if component.service is not None and component.rack_id == rack_id:
-            kill_component(state_dir, component.name)
+            _sigkill(component, layout, cluster)
+
+
+def _sigkill(component: Component, layout: StackLayout, cluster: PostgresCluster) -> None:
+    identity = running_identity(pid_file_for(component, layout, cluster))
+    if identity is None:
+        raise StackError(f"{component.name} is not running")
+    os.kill(identity.pid, signal.SIGKILL)
 
 
 async def outage(state_dir: Path, name: str, outage_s: float) -> None:
