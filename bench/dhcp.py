@@ -73,6 +73,7 @@ from process_cpu import Group, measure_cpu
 from region_leases import Infrastructure, _sigterm_as_exit, infrastructure, wait_until_ready
 
 RACK_DHCP = "rack-dhcp"
+RACK_DHCP_IN_MEMORY = "rack-dhcp in memory"
 ISC_DHCPD = "ISC dhcpd"
 KEA_MEMFILE = "Kea memfile"
 KEA_POSTGRES = "Kea PostgreSQL"
@@ -289,10 +290,31 @@ def measure_rack_dhcp(infra: Infrastructure, link: Link, args: argparse.Namespac
     return measure_process(infra, link, RACK_DHCP, Launch([sys.executable, "-m", "metalbus_rack_dhcp"], env), args)
 
 
+def measure_rack_dhcp_in_memory(infra: Infrastructure, link: Link, args: argparse.Namespace) -> Result:
+    """The reference for rack-dhcp's own share: its DHCP path with leases in a dict (``rack_dhcp_in_memory``)."""
+    argv = [
+        sys.executable,
+        str(Path(__file__).with_name("rack_dhcp_in_memory.py")),
+        "--interface",
+        link.server_interface,
+        "--network",
+        str(NETWORK),
+        "--pool",
+        f"{POOL_FIRST}-{POOL_LAST}",
+        "--lease-time",
+        str(LEASE_TIME_S),
+    ]
+    return measure_process(infra, link, RACK_DHCP_IN_MEMORY, Launch(argv, {}), args)
+
+
 # -- the run ------------------------------------------------------------------------------------------------
 def run_all(infra: Infrastructure, link: Link, args: argparse.Namespace) -> list[Result]:
     """rack-dhcp first, then the others; a server left out with ``--servers`` is reported as skipped."""
     results = [measure_rack_dhcp(infra, link, args)]
+    if RACK_DHCP_IN_MEMORY in args.servers:
+        results.append(measure_rack_dhcp_in_memory(infra, link, args))
+    else:
+        results.append(Result(RACK_DHCP_IN_MEMORY, skipped="not in --servers"))
     third_parties: dict[str, Callable[[], ThirdParty]] = {
         KEA_MEMFILE: lambda: ThirdParty(KEA_MEMFILE, "kea-dhcp4", kea_memfile),
         KEA_POSTGRES: lambda: kea_postgres_server(infra),
@@ -356,8 +378,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         type=lambda text: [name.strip() for name in text.split(",")],
-        default=[KEA_MEMFILE, KEA_POSTGRES, ISC_DHCPD, DNSMASQ],
-        help="comma-separated servers to compare rack-dhcp with (default: all four)",
+        default=[RACK_DHCP_IN_MEMORY, KEA_MEMFILE, KEA_POSTGRES, ISC_DHCPD, DNSMASQ],
+        help="comma-separated servers to compare rack-dhcp with (default: all five; "
+        f"'{RACK_DHCP_IN_MEMORY}' is rack-dhcp's own DHCP path with leases in a dict, no region)",
     )
     args = parser.parse_args()
     args.seconds = args.seconds or (1 if args.quick else 4)
