@@ -37,12 +37,12 @@ from metalbus.fleet.enrolment import (
     stored_inventories,
 )
 from metalbus.fleet.machine import STEPS, MachineOptions, MachineResult, VirtualMachine
-from metalbus.fleet.netns import NetworkNamespace
 from metalbus.fleet.network import fleet_network
 from metalbus.fleet.profiles import fleet_profiles
 from metalbus.fleet.report import render_table
 from metalbus.fleet.runner import run_fleet
 from metalbus.fleet.settings import FleetSettings
+from metalbus.netns import NetworkNamespace
 from metalbus.subjects import BOOT_RESOURCE_SET
 from metalbus_rack_dhcp.__main__ import run_rack_dhcp
 from metalbus_rack_dhcp.server import ServerCounters

@@ -23,11 +23,11 @@ from metalbus.fleet.campaign import commission_fleet_through_bmcs
 from metalbus.fleet.dhcp_client import RetransmitPolicy
 from metalbus.fleet.enrolment import MachinePower, commission_machines, create_machines, machine_states
 from metalbus.fleet.machine import STEPS, MachineOptions, MachineResult
-from metalbus.fleet.netns import NetworkNamespace
 from metalbus.fleet.network import fleet_network
 from metalbus.fleet.profiles import MachineProfile, fleet_profiles
 from metalbus.fleet.report import render_table
 from metalbus.fleet.settings import FleetSettings
+from metalbus.netns import NetworkNamespace
 from metalbus.subjects import MACHINE_ACTION, RACK_LIST
 from metalbus_rack_power.service import run_rack_power
 from metalbus_rack_power.settings import RackPowerSettings

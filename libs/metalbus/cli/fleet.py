@@ -28,12 +28,12 @@ from metalbus.fleet.bmc import BmcCredentials, SimulatedBmcs
 from metalbus.fleet.campaign import CampaignResult, commission_fleet, commission_fleet_through_bmcs
 from metalbus.fleet.dhcp_client import RetransmitPolicy
 from metalbus.fleet.machine import MachineOptions, MachineOutcome, MachineResult
-from metalbus.fleet.netns import NamespaceError, NetworkNamespace
 from metalbus.fleet.network import FleetNetwork, fleet_network
 from metalbus.fleet.profiles import MachineProfile, fleet_profiles
 from metalbus.fleet.report import render_table
 from metalbus.fleet.settings import FleetSettings
 from metalbus.fleet.veth import fleet_link
+from metalbus.netns import NamespaceError, NetworkNamespace
 from metalbus.settings import load_settings
 
 NATS_WAIT_S = 10.0

@@ -20,7 +20,7 @@ from ipaddress import IPv4Address
 from metalbus.contracts.metadata import INVENTORY_RESULT_NAME, HardwareInventory
 from metalbus.fleet.boot_config import MetadataAccess
 from metalbus.fleet.http_fetch import HttpError, HttpResponse, http_request
-from metalbus.fleet.netns import NetworkNamespace
+from metalbus.netns import NetworkNamespace
 
 SIGNAL_VERSION = "2012-03-01"
 ATTEMPTS = 5

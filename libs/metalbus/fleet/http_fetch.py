@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from urllib.parse import urlsplit
 
-from metalbus.fleet.netns import NetworkNamespace
+from metalbus.netns import NetworkNamespace
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 512 * 1024 * 1024

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from metalbus.fleet.netns import NamespaceError, NetworkNamespace
 from metalbus.fleet.packet_transport import PacketTransport
+from metalbus.netns import NamespaceError, NetworkNamespace
 
 
 @dataclass

@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from metalbus.fleet.netns import NetworkNamespace
+from metalbus.netns import NetworkNamespace
 from metalbus_rack_dhcp.codec import DhcpDecodeError, decode_message, encode_message
 from metalbus_rack_dhcp.messages import UNSPECIFIED, DhcpMessage
 

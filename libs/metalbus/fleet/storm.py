@@ -30,11 +30,11 @@ from metalbus.contracts.metadata import HardwareInventory
 from metalbus.fleet.bmc import BmcCredentials, SimulatedBmcs
 from metalbus.fleet.enrolment import bounded_map
 from metalbus.fleet.machine import MachineOptions, MachineOutcome, MachineResult
-from metalbus.fleet.netns import NetworkNamespace
 from metalbus.fleet.network import FleetNetwork, fleet_network
 from metalbus.fleet.profiles import MachineProfile
 from metalbus.fleet.report import inventory_mismatches
 from metalbus.fleet.veth import RackHost, fleet_link
+from metalbus.netns import NetworkNamespace
 from metalbus.stack.config import ExtraRack, StackLayout, StackSettings
 from metalbus.stack.launcher import StackError, bring_down, bring_up, recorded_stack
 

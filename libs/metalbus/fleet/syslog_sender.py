@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from metalbus.fleet.netns import NetworkNamespace
+from metalbus.netns import NetworkNamespace
 
 FACILITY_USER = 1
 FACILITY_DAEMON = 3

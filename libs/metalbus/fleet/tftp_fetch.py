@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from metalbus.fleet.netns import NetworkNamespace
+from metalbus.netns import NetworkNamespace
 
 RRQ, DATA, ACK, ERROR, OACK = 1, 3, 4, 5, 6
 DEFAULT_BLOCK_SIZE = 512

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from metalbus.fleet.netns import NamespaceError, NetworkNamespace
+from metalbus.netns import NamespaceError, NetworkNamespace
 
 RACK_HOST_INTERFACE = "mbrack0"
 """The name of the machine-facing interface inside each further rack's namespace."""

@@ -13,7 +13,7 @@ import contextlib
 import signal
 import socket
 
-from metalbus.fleet.netns import NetworkNamespace
+from metalbus.netns import NetworkNamespace
 
 CHUNK = 256 * 1024
 BACKLOG = 128

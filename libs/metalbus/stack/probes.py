@@ -11,7 +11,7 @@ from metalbus.bus import Bus
 from metalbus.contracts.errors import MetalbusError
 from metalbus.contracts.health import ReplicaRollCall
 from metalbus.contracts.racks import RackListQuery, RackServiceKind
-from metalbus.fleet.netns import NamespaceError, NetworkNamespace
+from metalbus.netns import NamespaceError, NetworkNamespace
 from metalbus.stack.components import Component, ReadyCheck
 from metalbus.stack.config import StackSettings
 from metalbus.stack.postgres import ClusterError, PostgresCluster

@@ -1,4 +1,7 @@
-"""The network namespace the virtual machines live in: sockets opened inside it, addresses and routes set in it.
+"""A network namespace seen from outside it: sockets opened inside it, addresses and routes set in it.
+
+The fleet's virtual machines live in one; the embedded stack's further racks each run in one (their NATS relay
+and readiness probes open sockets there).
 
 A socket belongs to the namespace of the thread that created it, whatever thread uses it later; so each socket is
 made in a short-lived thread that first joins the namespace (``setns``) and then ends, leaving the event loop's
