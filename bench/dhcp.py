@@ -19,7 +19,9 @@ Each server is measured on a ladder of offered rates (doubling, or halving while
 bisecting, twice in the full run and once in the quick, between the best clean rate and the lowest unclean one): a
 step is clean when at most 0.1 % of exchanges are dropped and at least 90 % of the offered rate completes. A
 server's figure is the best clean step's completed DORA/s. rack-dhcp persists every lease through the region
-(NATS request/reply into PostgreSQL): OFFER and ACK are each a region transaction. Kea-PostgreSQL's schema is made with
+(NATS request/reply into PostgreSQL): OFFER and ACK are each a region transaction. "rack-dhcp in memory"
+(``rack_dhcp_in_memory.py``) is the reference for the rack's own share: the same server code with its leases in a
+dict, no region, NATS or PostgreSQL. Kea-PostgreSQL's schema is made with
 ``kea-admin db-init pgsql``. A server whose package is missing is skipped with the reason. Every process is stopped
 by its pid file and both namespaces are deleted, whatever ends the run. The last line printed is
 ``rack-dhcp vs ISC dhcpd: <X.XX>x (goal >= 1.0x) meets`` (or ``short``).
