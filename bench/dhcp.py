@@ -48,12 +48,9 @@ from pathlib import Path
 
 from dhcp_servers import (
     INSTALL_HINT,
-    LEASE_TIME_S,
-    NETWORK,
     POOL_FIRST,
     POOL_LAST,
     POOL_SIZE,
-    SERVER_ADDRESS,
     Launch,
     Link,
     Measurement,
@@ -65,9 +62,9 @@ from dhcp_servers import (
     kea_memfile,
     kea_postgres,
     perfdhcp,
+    served_subnet,
 )
 from metalbus.bus import Bus, ConnectOptions
-from metalbus.contracts.leases import SubnetCreate
 from metalbus.stack.postgres import ROLE
 from metalbus.stack.processes import read_pid_file, running_identity, start_detached
 from metalbus.subjects import SUBNET_CREATE
@@ -264,15 +261,7 @@ async def prepare_region(infra: Infrastructure) -> None:
     bus = await Bus.connect(ConnectOptions(servers=(infra.nats_url,), name="bench-dhcp"))
     try:
         await wait_until_ready(bus, 1)
-        subnet = SubnetCreate(
-            cidr=NETWORK,
-            gateway=SERVER_ADDRESS,
-            dns_servers=[SERVER_ADDRESS],
-            dynamic_start=POOL_FIRST,
-            dynamic_end=POOL_LAST,
-            lease_time_s=LEASE_TIME_S,
-        )
-        await bus.request(SUBNET_CREATE, subnet, timeout=10)
+        await bus.request(SUBNET_CREATE, served_subnet(), timeout=10)
     finally:
         with suppress(Exception):
             await asyncio.wait_for(bus.drain(), 5)
@@ -299,12 +288,6 @@ def measure_rack_dhcp_in_memory(infra: Infrastructure, link: Link, args: argpars
         str(Path(__file__).with_name("rack_dhcp_in_memory.py")),
         "--interface",
         link.server_interface,
-        "--network",
-        str(NETWORK),
-        "--pool",
-        f"{POOL_FIRST}-{POOL_LAST}",
-        "--lease-time",
-        str(LEASE_TIME_S),
     ]
     return measure_process(infra, link, RACK_DHCP_IN_MEMORY, Launch(argv, {}), args)
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+from metalbus.contracts.leases import SubnetCreate
+
 NETWORK = IPv4Network("10.99.0.0/20")
 SERVER_ADDRESS = IPv4Address("10.99.0.1")
 CLIENT_ADDRESS = IPv4Address("10.99.0.2")
@@ -28,6 +30,19 @@ POOL_LAST = IPv4Address("10.99.15.254")
 POOL_SIZE = int(POOL_LAST) - int(POOL_FIRST) + 1
 LEASE_TIME_S = 3600
 INSTALL_HINT = "install it with: bash scripts/setup-bench.sh"
+
+
+def served_subnet() -> SubnetCreate:
+    """The subnet as metalbus serves it in the bench: the region's, and the in-memory reference's (same pool,
+    lease time, gateway and DNS server as every other server's configuration)."""
+    return SubnetCreate(
+        cidr=NETWORK,
+        gateway=SERVER_ADDRESS,
+        dns_servers=[SERVER_ADDRESS],
+        dynamic_start=POOL_FIRST,
+        dynamic_end=POOL_LAST,
+        lease_time_s=LEASE_TIME_S,
+    )
 
 
 def run(*argv: str, timeout: float = 30.0) -> str:

@@ -6,8 +6,9 @@ sustains is the ceiling of the Python DHCP path on this host: no region, NATS or
 persistence either (a bench reference, never a way to run a rack). Leases are the same contract objects the
 region's replies decode into, validated the same way.
 
-    python bench/rack_dhcp_in_memory.py --interface eth1 --network 10.99.0.0/20 \\
-        --pool 10.99.0.10-10.99.15.254 --lease-time 3600
+    python bench/rack_dhcp_in_memory.py --interface eth1
+
+It serves the bench's subnet (``dhcp_servers.served_subnet``: the one the region gets in the same run).
 
 Runs until SIGTERM or SIGINT.
 """
@@ -17,8 +18,9 @@ import asyncio
 import signal
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
+from dhcp_servers import served_subnet
 from metalbus.contracts.errors import Conflict, NotFound
 from metalbus.contracts.leases import (
     Lease,
@@ -39,9 +41,11 @@ RACK_ID = "rack-bench-memory"
 class MemoryLeaseSource:
     """``policy.LeaseSource`` over one subnet: a MAC keeps its address; new MACs take the next free one."""
 
-    def __init__(self, subnet: Subnet, first: IPv4Address, last: IPv4Address) -> None:
+    def __init__(self, subnet: Subnet) -> None:
+        if subnet.dynamic_start is None or subnet.dynamic_end is None:
+            raise ValueError("the subnet has no dynamic range to hand out")
         self.subnet = subnet
-        self._free = iter(range(int(first), int(last) + 1))
+        self._free = iter(range(int(subnet.dynamic_start), int(subnet.dynamic_end) + 1))
         self._address_of: dict[str, IPv4Address] = {}
         self._holder_of: dict[IPv4Address, str] = {}
 
@@ -88,31 +92,14 @@ class MemoryLeaseSource:
         return [self.subnet]
 
 
-def parse_pool(text: str) -> tuple[IPv4Address, IPv4Address]:
-    first, _, last = text.partition("-")
-    return IPv4Address(first), IPv4Address(last)
-
-
 async def serve(args: argparse.Namespace) -> None:
-    network = IPv4Network(args.network)
-    first, last = parse_pool(args.pool)
-    server_address = next(network.hosts())
-    subnet = Subnet(
-        subnet_id=1,
-        cidr=network,
-        gateway=server_address,
-        dns_servers=[server_address],
-        dynamic_start=first,
-        dynamic_end=last,
-        managed=True,
-        lease_time_s=args.lease_time,
-        domain="maas.internal",
-    )
+    served = served_subnet()
+    subnet = Subnet(subnet_id=1, **served.model_dump(exclude={"schema_version", "reserved"}))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stop.set)
-    protocol = await serve_interface(args.interface, RACK_ID, MemoryLeaseSource(subnet, first, last), port=args.port)
+    protocol = await serve_interface(args.interface, RACK_ID, MemoryLeaseSource(subnet), port=args.port)
     try:
         await stop.wait()
     finally:
@@ -122,9 +109,6 @@ async def serve(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--interface", required=True)
-    parser.add_argument("--network", required=True, help="the served subnet; its first host is the server")
-    parser.add_argument("--pool", required=True, help="first-last address handed out")
-    parser.add_argument("--lease-time", type=int, default=3600)
     parser.add_argument("--port", type=int, default=67)
     configure_logging("warning")  # as the bench runs the service: no line per lease
     asyncio.run(serve(parser.parse_args()))
